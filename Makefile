@@ -1,0 +1,50 @@
+# khofs: `make demo` and `make test` set up whatever is missing first (idempotent).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.khofs-installed
+# Debian's python3 runs the venv so that python3-libfdt (the FDT test oracle) imports in it.
+SYSPY := /usr/bin/python3
+APT_PKGS := fuse libfuse2 device-tree-compiler python3 python3-venv python3-libfdt
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system test lint unit demo bench clean
+
+setup: system $(STAMP)
+
+# Install the system packages only when something they provide is missing.
+system:
+	@missing=0; \
+	for f in /usr/bin/fusermount /usr/bin/dtc /usr/bin/fdtdump /usr/bin/fdtget $(SYSPY) \
+	         /usr/lib/python3/dist-packages/libfdt.py; do \
+	  [ -e $$f ] || missing=1; done; \
+	[ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || ls /usr/lib/*/libfuse.so.2 >/dev/null 2>&1 || missing=1; \
+	$(SYSPY) -c 'import ensurepip' 2>/dev/null || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "make: installing system packages: $(APT_PKGS)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	[ -x $(PY) ] || $(SYSPY) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check khofs tests scripts
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest -q
+
+test: lint unit
+
+demo: setup
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+bench: setup
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+"""khofs: a FUSE filesystem serving a Linux debugfs tree for Kexec HandOver (KHO)."""
+
+__version__ = "0.1.0"

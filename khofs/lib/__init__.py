@@ -1,0 +1,1 @@
+"""Helpers that mirror the kernel's lib/: shared by the engine and the debugfs layer."""
