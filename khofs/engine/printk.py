@@ -30,15 +30,15 @@ class Printk:
 
     def __init__(self, sink: Callable[[Record], None] | None = None) -> None:
         self.records: list[Record] = []
-        self._sink = sink
+        self.sink = sink
         self._start = time.monotonic()
 
     def log(self, level: str, text: str) -> None:
         assert level in LEVELS, level
         rec = Record(level, time.monotonic() - self._start, text.rstrip("\n"))
         self.records.append(rec)
-        if self._sink is not None:
-            self._sink(rec)
+        if self.sink is not None:
+            self.sink(rec)
 
     def err(self, text: str) -> None:
         self.log("err", text)

@@ -1,0 +1,138 @@
+"""The producers file (`--producers FILE`): TOML, read and checked whole at start-up.
+
+```toml
+[[producer]]
+name = "alpha"                 # sub-tree name: node in the root FDT, file in sub_fdts/
+dts = "alpha.dts"              # or dtb = "alpha.dtb" (served byte for byte)
+preserve = ["0x100000000+2M"]  # optional: ranges preserved at FINALIZE (phys+size)
+fail_finalize = "EBUSY"        # optional: FINALIZE fails with this errno, adding nothing
+fail_abort = "EIO"             # optional
+```
+Every problem raises ConfigError with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from khofs.engine.producer import ProducerSpec
+from khofs.lib.cmdline import memparse
+from khofs.lib.dts import check_dtb, compile_dts
+
+PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort"}
+
+
+class ConfigError(Exception):
+    """A start-up error: the message is the whole line to print."""
+
+
+def load_producers(path: str | Path) -> list[ProducerSpec]:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    unknown = set(doc) - {"producer"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
+    entries = doc.get("producer", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: 'producer' must be an array of tables ([[producer]])")
+    return [_producer(path, i + 1, e) for i, e in enumerate(entries)]
+
+
+def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
+    where = f"{path}: producer #{index}"
+    unknown = set(entry) - PRODUCER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: 'name' is required and must be a string")
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: name {name!r} {problem}")
+    where = f"{path}: producer {name!r}"
+    return ProducerSpec(
+        name=name,
+        fdt=_fdt(path, where, entry),
+        preserve=tuple(_range(where, r) for r in _list(where, entry, "preserve")),
+        fail_finalize=_errno(where, entry, "fail_finalize"),
+        fail_abort=_errno(where, entry, "fail_abort"),
+    )
+
+
+def name_problem(name: str) -> str:
+    """Why a name cannot be a sub-tree (a node and a single debugfs file name), or ''."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\0" in name:
+        return "must be a single path component (no '/' or NUL)"
+    if name in (".", ".."):
+        return "must not be '.' or '..'"
+    if len(name.encode()) > 255:
+        return "is longer than 255 bytes"
+    return ""
+
+
+def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
+    kinds = [k for k in ("dts", "dtb") if k in entry]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: needs exactly one of 'dts' or 'dtb'")
+    kind = kinds[0]
+    rel = entry[kind]
+    if not isinstance(rel, str):
+        raise ConfigError(f"{where}: '{kind}' must be a file name")
+    file = path.parent / rel
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{file}: {e.strerror or e}") from None
+    try:
+        if kind == "dtb":
+            check_dtb(data)
+            return data
+        return compile_dts(data.decode())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file}: {e}") from None
+
+
+def _list(where: str, entry: dict[str, Any], key: str) -> list[Any]:
+    value = entry.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: '{key}' must be a list")
+    return value
+
+
+def _range(where: str, text: Any) -> tuple[int, int]:
+    """"PHYS+SIZE", each a memparse number (0x hex, K M G ... suffixes)."""
+    if not isinstance(text, str) or "+" not in text:
+        raise ConfigError(f"{where}: preserve entry {text!r} is not 'PHYS+SIZE'")
+    phys_text, size_text = text.split("+", 1)
+    values = []
+    for part in (phys_text, size_text):
+        raw = part.strip().encode()
+        value, used = memparse(raw)
+        if not raw or used != len(raw):
+            raise ConfigError(f"{where}: preserve entry {text!r}: bad number {part!r}")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _errno(where: str, entry: dict[str, Any], key: str) -> int:
+    value = entry.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, str) and isinstance(getattr(errno, value, None), int):
+        code = int(getattr(errno, value))
+        if value.startswith("E") and code > 0:
+            return code
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 4096:
+        return value
+    raise ConfigError(f"{where}: '{key}' must be an errno name such as \"EBUSY\", got {value!r}")

@@ -1,0 +1,73 @@
+"""Emulated physical memory contents: sparse, page granular, zero where never written.
+
+Only pages that something wrote cost memory, so a multi-TiB machine is free until used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PhysMem:
+    """The bytes of RAM, addressed by physical address."""
+
+    def __init__(self, page_size: int = 4096) -> None:
+        self.page_size = page_size
+        self._pages: dict[int, bytearray] = {}
+
+    def _page(self, pfn: int) -> bytearray:
+        page = self._pages.get(pfn)
+        if page is None:
+            page = self._pages[pfn] = bytearray(self.page_size)
+        return page
+
+    def _spans(self, phys: int, size: int) -> list[tuple[int, int, int]]:
+        """(pfn, offset in page, length) pieces covering [phys, phys + size)."""
+        spans = []
+        while size > 0:
+            pfn, off = divmod(phys, self.page_size)
+            n = min(size, self.page_size - off)
+            spans.append((pfn, off, n))
+            phys += n
+            size -= n
+        return spans
+
+    def read(self, phys: int, size: int) -> bytes:
+        out = bytearray()
+        for pfn, off, n in self._spans(phys, size):
+            page = self._pages.get(pfn)
+            out += page[off:off + n] if page is not None else bytes(n)
+        return bytes(out)
+
+    def write(self, phys: int, data: bytes) -> None:
+        pos = 0
+        for pfn, off, n in self._spans(phys, len(data)):
+            self._page(pfn)[off:off + n] = data[pos:pos + n]
+            pos += n
+
+    def zero(self, phys: int, size: int) -> None:
+        """Clear a range (kzalloc/__GFP_ZERO); whole pages are simply forgotten."""
+        for pfn, off, n in self._spans(phys, size):
+            if n == self.page_size:
+                self._pages.pop(pfn, None)
+            elif pfn in self._pages:
+                self._pages[pfn][off:off + n] = bytes(n)
+
+    def page_view(self, phys: int) -> memoryview:
+        """A writable view of one whole page, for code that builds data in place (libfdt)."""
+        assert phys % self.page_size == 0
+        return memoryview(self._page(phys // self.page_size))
+
+
+@dataclass
+class PhysRange:
+    """A blob's live bytes: a window of physical memory (debugfs_blob_wrapper.data)."""
+
+    mem: PhysMem
+    phys: int
+
+    def read(self, off: int, size: int) -> bytes:
+        return self.mem.read(self.phys + off, size)
+
+    def write(self, off: int, data: bytes) -> None:
+        self.mem.write(self.phys + off, data)

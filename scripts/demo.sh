@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make demo`: a short walk through a fresh khofs mount, each command printed before its output.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+mnt=$(mktemp -d /tmp/khofs-demo.XXXXXX)
+cleanup() {
+  cd /
+  if grep -q " $mnt " /proc/mounts; then khofs umount "$mnt" || true; fi
+  rmdir "$mnt" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+run() { printf '\n\033[1m$ %s\033[0m\n' "$*"; eval "$*"; }
+
+run khofs mount "$mnt" --producers "$here/examples/demo/producers.toml"
+cd "$mnt"
+run ls -l kho/out
+run cat kho/out/scratch_phys
+run cat kho/out/scratch_len
+run cat kho/out/finalize
+run "echo 1 > kho/out/finalize"
+run cat kho/out/finalize
+run ls -l kho/out kho/out/sub_fdts
+run dtc -I dtb -O dts kho/out/fdt
+run dtc -I dtb -O dts kho/out/sub_fdts/demo
+run "echo 0 > kho/out/finalize"
+run ls kho/out kho/out/sub_fdts
+cd /
+run khofs umount "$mnt"
+printf '\nDone: nothing is left mounted.\n'

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real khofs mount, served by a daemon in its own process.
+
+Tests never serve and use a mount in one process (that deadlocks); every mount is unmounted
+when its test ends, passed or failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+KHOFS = [sys.executable, "-m", "khofs"]
+
+
+def khofs(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the khofs command as a user would."""
+    return subprocess.run([*KHOFS, *args], capture_output=True, text=True, check=check,
+                          timeout=60, **kw)  # type: ignore[call-overload]
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+class Mounter:
+    """Mounts on demand and unmounts everything at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.mounted: list[Path] = []
+        self.count = 0
+
+    def __call__(self, *options: str) -> Path:
+        self.count += 1
+        mnt = self.tmp_path / f"mnt{self.count}"
+        mnt.mkdir()
+        log = self.tmp_path / f"khofs{self.count}.log"
+        result = khofs("mount", str(mnt), "--log", str(log), *options)
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(mnt)
+        self.mounted.append(mnt)
+        return mnt
+
+    def cleanup(self) -> None:
+        for mnt in self.mounted:
+            if is_mounted(mnt):
+                khofs("umount", str(mnt))
+            if is_mounted(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount(*options) -> the mount point of a fresh `khofs mount`."""
+    mounter = Mounter(tmp_path)
+    try:
+        yield mounter
+    finally:
+        mounter.cleanup()
+
+
+@pytest.fixture
+def mnt(mount: Callable[..., Path]) -> Path:
+    """A mount of the default machine and command line."""
+    return mount()
+
+
+def sh(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run a shell snippet, as a user types it."""
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False, **kw)  # type: ignore[call-overload]
