@@ -27,6 +27,7 @@ log = logging.getLogger("khofs.fuse")
 BACKEND = f"fusepy {getattr(fusepy, '__version__', '')} over libfuse2".replace("  ", " ")
 DEBUGFS_MAGIC = 0x64626720
 NAME_MAX = 255
+MAX_WRITE = 128 * 1024
 
 
 def _check(result: int) -> int:
@@ -194,6 +195,9 @@ def serve(fs: Debugfs, mountpoint: str, page_size: int, *, allow_other: bool = F
         "foreground": True, "nothreads": False, "debug": debug,
         "fsname": "khofs", "subtype": "khofs", "default_permissions": True,
         "use_ino": True, "entry_timeout": 0, "attr_timeout": 0, "negative_timeout": 0,
+        # libfuse2 splits writes into 4 KiB pieces unless big_writes; each piece would be
+        # parsed on its own by simple_attr_write. 128 KiB is libfuse2's ceiling.
+        "big_writes": True, "max_write": MAX_WRITE,
     }
     if allow_other:
         options["allow_other"] = True

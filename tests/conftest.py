@@ -37,9 +37,9 @@ class Mounter:
         self.mounted: list[Path] = []
         self.count = 0
 
-    def __call__(self, *options: str) -> Path:
+    def __call__(self, *options: str, parent: Path | None = None) -> Path:
         self.count += 1
-        mnt = self.tmp_path / f"mnt{self.count}"
+        mnt = (parent or self.tmp_path) / f"mnt{self.count}"
         mnt.mkdir()
         log = self.tmp_path / f"khofs{self.count}.log"
         result = khofs("mount", str(mnt), "--log", str(log), *options)
@@ -72,7 +72,8 @@ def mnt(mount: Callable[..., Path]) -> Path:
     return mount()
 
 
-def sh(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run a shell snippet, as a user types it."""
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+def sh(script: str, shell: str = "sh", **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run a shell snippet, as a user types it. Debian's sh (dash) reports any failed
+    `echo` write as "I/O error"; pass shell="bash" to see the errno's message."""
+    return subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60,
                           check=False, **kw)  # type: ignore[call-overload]

@@ -22,6 +22,7 @@ from khofs.engine.notifier import (
 )
 from khofs.engine.producer import ProducerSpec
 from khofs.lib.dts import compile_dts
+from tests.oracle import kho_root
 
 SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; value = <1 2>; };')
 
@@ -90,27 +91,13 @@ def test_finalize_state_machine() -> None:
     assert kho.finalize_set(0) == 0 and "fdt" not in names(k, "/kho/out")
 
 
-def oracle_root(map_phys: int, subs: list[tuple[str, int]]) -> bytes:
-    sw = libfdt.FdtSw()
-    sw.finish_reservemap()
-    sw.begin_node("")
-    sw.property_string("compatible", "kho-v1")
-    sw.property("preserved-memory-map", struct.pack("<Q", map_phys))
-    for name, phys in subs:
-        sw.begin_node(name)
-        sw.property("fdt", struct.pack("<Q", phys))
-        sw.end_node()
-    sw.end_node()
-    return bytes(sw.as_fdt().as_bytearray())
-
-
 def test_root_fdt_is_libfdt_bytes_and_sub_fdt_served() -> None:
     k = boot(ProducerSpec("alpha", SUB), ProducerSpec("beta", SUB))
     assert k.kho.finalize_set(1) == 0
     root = read_blob(k, "/kho/out/fdt")
     (map_phys,) = struct.unpack("<Q", libfdt.Fdt(root).getprop(0, "preserved-memory-map"))
     subs = [(p.spec.name, p.fdt_phys) for p in k.producers]
-    assert root == oracle_root(map_phys, subs)
+    assert root == kho_root(map_phys, subs)
     assert read_blob(k, "/kho/out/sub_fdts/alpha") == SUB
     assert all(not s.addr <= p <= s.addr + s.size for s in k.scratch for _, p in subs)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import sh
+from tests.conftest import is_mounted, khofs, sh
 
 OUT = "kho/out"
 
@@ -58,7 +60,9 @@ def test_stat_and_ls_tools(mnt: Path) -> None:
     (lambda m: os.rename(m / OUT / "finalize", m / OUT / "x"), errno.EPERM),
     (lambda m: os.link(m / OUT / "finalize", m / OUT / "x"), errno.EPERM),
     (lambda m: os.symlink("finalize", m / OUT / "x"), errno.EPERM),
-    (lambda m: os.mknod(m / OUT / "x", stat.S_IFREG | 0o600), errno.EPERM),
+    # do_mknodat sends S_IFREG to vfs_create, which is EACCES without ->create
+    (lambda m: os.mknod(m / OUT / "x", stat.S_IFREG | 0o600), errno.EACCES),
+    (lambda m: os.mknod(m / OUT / "x", stat.S_IFCHR | 0o600, os.makedev(1, 3)), errno.EPERM),
     (lambda m: os.mkfifo(m / OUT / "x"), errno.EPERM),
     (lambda m: os.open(m / OUT / "new", os.O_WRONLY | os.O_CREAT, 0o600), errno.EACCES),
     (lambda m: os.open(m / OUT / "x", os.O_WRONLY | os.O_CREAT | os.O_EXCL), errno.EACCES),
@@ -118,8 +122,20 @@ def test_other_user_refused_by_default(mnt: Path) -> None:
     assert r.returncode == 1 and "Permission denied" in r.stderr
 
 
-def test_allow_other_enforces_modes(mount: object) -> None:
-    mnt = mount("--allow-other")  # type: ignore[operator]
+def test_allow_other_enforces_modes(mount: object, tmp_path: Path) -> None:
+    # pytest's own temporary directories are 0700: mount where nobody can walk to it
+    parent = Path(tempfile.mkdtemp(prefix="khofs-test-"))
+    os.chmod(parent, 0o755)
+    try:
+        check_allow_other(mount("--allow-other", parent=parent))  # type: ignore[operator]
+    finally:
+        for mnt in parent.glob("mnt*"):
+            if is_mounted(mnt):
+                khofs("umount", str(mnt))
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def check_allow_other(mnt: Path) -> None:
     r = subprocess.run([*NOBODY, "ls", str(mnt)], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "Permission denied" in r.stderr
     os.chmod(mnt, 0o755)

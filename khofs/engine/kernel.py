@@ -39,9 +39,13 @@ class Kernel:
         self.reservations = boot_reservations(machine, self.memblock, self.params, self.log)
         scratch = None
         if self.params.kho:
-            scratch = kho_reserve_scratch(machine, self.memblock, self.params.scratch, self.log)
+            scratch = kho_reserve_scratch(machine, self.memblock, self.params.scratch)
         self.kho_enabled = scratch is not None
         self.scratch = scratch or []
+        # 6.16 disables KHO without a word when a scratch area does not fit; khofs says so
+        # in its own voice, so the log is never silent about why there is no kho/.
+        self.kho_off_reason = "" if self.kho_enabled else (
+            "a scratch area could not be allocated" if self.params.kho else "kho= is not on")
         page_size = machine.arch.page_size
         self.pages = PageAllocator(self.memblock, self.scratch, page_size)
         self.mem = PhysMem(page_size)

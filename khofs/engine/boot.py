@@ -1,0 +1,247 @@
+"""The memblock reservations an x86-64 kernel makes before KHO sizes its scratch areas.
+
+They are made through the emulated memblock in the order `start_kernel` makes them, up to
+`mm_core_init` -> `kho_memory_init`, with the sizes a distribution kernel (Debian's 6.16
+configuration) uses. Each step names the kernel function it stands for. Allocations are
+RSRV_KERN, so they feed `memblock_reserved_kern_size` and through it the scratch sizes; the
+first MiB and the initrd are plain reservations and do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from khofs.engine.machine import GiB, KiB, Machine, MiB
+from khofs.engine.memblock import (
+    MEMBLOCK_ALLOC_ACCESSIBLE,
+    MEMBLOCK_RSRV_KERN,
+    NUMA_NO_NODE,
+    Memblock,
+    round_down,
+    round_up,
+)
+from khofs.engine.params import BootParams, ReserveMem
+from khofs.engine.printk import Printk
+
+SMP_CACHE_BYTES = 64
+PMD_SIZE = 2 * MiB
+PG_DATA_T_SIZE = 0x2B000  # sizeof(pg_data_t), page-rounded: "NODE_DATA(n) allocated" lines
+MEM_SECTION_SIZE = 16  # sizeof(struct mem_section)
+SECTION_USAGE_SIZE = 24 + 32  # struct mem_section_usage + usemap_size()
+PERCPU_UNIT_USED = 256 * KiB  # static + reserved + dynamic per-cpu bytes ("Embedded 64 pages")
+LOG_BUF_LEN = 128 * KiB  # CONFIG_LOG_BUF_SHIFT=17
+LOG_CPU_MAX_BUF = 4 * KiB  # CONFIG_LOG_CPU_MAX_BUF_SHIFT=12
+IO_TLB_DEFAULT_SIZE = 64 * MiB
+IO_TLB_SLOT_SIZE = 24  # sizeof(struct io_tlb_slot), one per 2 KiB slab
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One boot reservation, as `khofs machine show` lists it."""
+
+    what: str
+    func: str  # the kernel function that made it
+    base: int
+    size: int
+    nid: int  # the node memblock recorded (NUMA_NO_NODE when none was asked for)
+    kern: bool  # MEMBLOCK_RSRV_KERN: counted by memblock_reserved_kern_size
+
+
+class Boot:
+    """The reserving part of setup_arch and start_kernel for one machine."""
+
+    def __init__(self, machine: Machine, memblock: Memblock, log: Printk) -> None:
+        self.machine = machine
+        self.arch = machine.arch
+        self.mb = memblock
+        self.log = log
+        self.reservations: list[Reservation] = []
+
+    # --- recording ------------------------------------------------------------------------
+
+    def _reserve(self, what: str, func: str, base: int, size: int, kern: bool) -> None:
+        self.mb.reserve(base, size, NUMA_NO_NODE, MEMBLOCK_RSRV_KERN if kern else 0)
+        self.reservations.append(Reservation(what, func, base, size, NUMA_NO_NODE, kern))
+
+    def _alloc(self, what: str, func: str, size: int, align: int, *, nid: int = NUMA_NO_NODE,
+               min_addr: int = 0, max_addr: int = MEMBLOCK_ALLOC_ACCESSIBLE,
+               exact_nid: bool = False) -> int:
+        base = self.mb.alloc_try_nid(size, align, min_addr, max_addr, nid, exact_nid)
+        if not base:
+            self.log.err(f"{func}: Failed to allocate {size:#x} bytes")
+            return 0
+        self.reservations.append(Reservation(what, func, base, size, self._nid_at(base), True))
+        return base
+
+    def _nid_at(self, base: int) -> int:
+        """The node memblock recorded for the reservation holding base."""
+        return next(r.nid for r in self.mb.reserved.regions if r.base <= base < r.end)
+
+    # --- setup_arch ------------------------------------------------------------------------
+
+    def early_reserve_memory(self) -> None:
+        """arch/x86/kernel/setup.c early_reserve_memory: the image, and the first MiB
+        (BIOS data, real-mode trampoline), which x86 never hands to the allocator."""
+        self._reserve("kernel image (_text to __end_of_kernel_reserve)",
+                      "early_reserve_memory", self.arch.kernel_base, self.machine.kernel_size,
+                      True)
+        self._reserve("first 1 MiB (BIOS, real mode)", "early_reserve_memory", 0, MiB, False)
+
+    def reserve_initrd(self) -> None:
+        """arch/x86/kernel/setup.c early_reserve_initrd: where the boot loader put it, at the
+        top of RAM below 2 GiB (the boot protocol's initrd_addr_max)."""
+        size = round_up(self.machine.initrd_size, self.arch.page_size)
+        if not size:
+            return
+        top = max(min(end, 2 * GiB) for node in self.machine.nodes
+                  for start, end in node.ranges if start < 2 * GiB)
+        self._reserve("initrd", "early_reserve_initrd",
+                      round_down(top - size, self.arch.page_size), size, False)
+
+    def alloc_node_data(self) -> None:
+        """mm/numa.c alloc_node_data: each node's pg_data_t, on that node if it can be."""
+        for node in self.machine.nodes:
+            self._alloc(f"NODE_DATA({node.nid})", "alloc_node_data", PG_DATA_T_SIZE,
+                        SMP_CACHE_BYTES, nid=node.nid)
+
+    def _present_sections(self, nid: int) -> list[int]:
+        """The SPARSEMEM sections that hold some of this node's RAM (memblocks_present)."""
+        size = self.arch.section_size
+        node = next(n for n in self.machine.nodes if n.nid == nid)
+        found: set[int] = set()
+        for start, end in node.ranges:
+            found.update(range(start // size, (end - 1) // size + 1))
+        return sorted(found)
+
+    def sparse_init(self) -> None:
+        """mm/sparse.c sparse_init: the section root array, a root page per 256 sections,
+        then per node its usemaps, its memmap (64 bytes per page, exact node, 2 MiB aligned,
+        above MAX_DMA_ADDRESS) and the vmemmap page tables that map it."""
+        section_bits = self.arch.section_size.bit_length() - 1  # SECTION_SIZE_BITS
+        sections = 1 << (self.arch.max_physmem_bits - section_bits)  # NR_MEM_SECTIONS
+        per_root = self.arch.page_size // MEM_SECTION_SIZE  # SECTIONS_PER_ROOT
+        self._alloc("mem_section root array", "memblocks_present",
+                    sections // per_root * 8, SMP_CACHE_BYTES)
+        seen_roots: set[int] = set()
+        for node in self.machine.nodes:
+            for section in self._present_sections(node.nid):
+                if section // per_root not in seen_roots:
+                    seen_roots.add(section // per_root)
+                    self._alloc(f"mem_section root {section // per_root}",
+                                "sparse_index_init", self.arch.page_size, SMP_CACHE_BYTES,
+                                nid=node.nid)
+        for node in self.machine.nodes:
+            self._sparse_init_nid(node.nid)
+
+    def _sparse_init_nid(self, nid: int) -> None:
+        count = len(self._present_sections(nid))
+        self._alloc(f"section usemaps, node {nid}", "sparse_init_nid",
+                    SECTION_USAGE_SIZE * count, SMP_CACHE_BYTES, nid=nid)
+        map_size = self.arch.section_size // self.arch.page_size * self.arch.struct_page_size
+        map_size = round_up(map_size, PMD_SIZE)
+        memmap = map_size * count
+        self._alloc(f"memmap (struct pages), node {nid}", "sparse_buffer_init", memmap,
+                    map_size, nid=nid, min_addr=self.arch.max_dma_address, exact_nid=True)
+        pmd_pages = -(-memmap // GiB)  # one PMD table maps 1 GiB of vmemmap
+        self._alloc(f"vmemmap page tables, node {nid}", "vmemmap_populate",
+                    pmd_pages * self.arch.page_size, self.arch.page_size, nid=nid,
+                    min_addr=self.arch.max_dma_address)
+
+    # --- start_kernel ---------------------------------------------------------------------
+
+    def setup_per_cpu_areas(self) -> None:
+        """mm/percpu.c pcpu_embed_first_chunk: per node a block of units in 2 MiB atoms;
+        each unit keeps what its CPU uses and gives back its tail, and the units no CPU has
+        are given back whole."""
+        groups = [(n.nid, self.machine.cpus_on(n.nid)) for n in self.machine.nodes]
+        groups = [(nid, cpus) for nid, cpus in groups if cpus]
+        upa = self._units_per_alloc([cpus for _, cpus in groups])
+        unit = PMD_SIZE // upa
+        for nid, cpus in groups:
+            units = -(-cpus // upa) * upa
+            base = self.mb.alloc_try_nid(units * unit, PMD_SIZE, self.arch.max_dma_address,
+                                         MEMBLOCK_ALLOC_ACCESSIBLE, nid)
+            if not base:
+                self.log.err(f"pcpu_embed_first_chunk: Failed to allocate for node {nid}")
+                continue
+            recorded = self._nid_at(base)
+            for u in range(units):
+                used = PERCPU_UNIT_USED if u < cpus else 0
+                self.mb.phys_free(base + u * unit + used, unit - used)
+                if used:
+                    self.reservations.append(Reservation(
+                        f"per-cpu first chunk, cpu unit {u} of node {nid}",
+                        "pcpu_embed_first_chunk", base + u * unit, used, recorded, True))
+
+    def _units_per_alloc(self, group_cpus: list[int]) -> int:
+        """pcpu_build_alloc_info: the most units per 2 MiB allocation that wastes at most
+        a third of the CPUs' worth of units, without needing more allocations."""
+        best, last_allocs = 1, None
+        for upa in (8, 4, 2, 1):  # the divisors of 8 leaving page-aligned units
+            allocs = sum(-(-cpus // upa) for cpus in group_cpus)
+            wasted = sum(-(-cpus // upa) * upa - cpus for cpus in group_cpus)
+            if wasted > self.machine.cpus // 3:
+                continue
+            if last_allocs is not None and allocs > last_allocs:
+                break
+            best, last_allocs = upa, allocs
+        return best
+
+    def reserve_mem(self, requests: list[ReserveMem]) -> None:
+        """mm/memblock.c reserve_mem: each `reserve_mem=` region, in command-line order."""
+        for req in requests:
+            self._alloc(f"reserve_mem {req.name}", "reserve_mem", req.size, req.align)
+
+    def setup_log_buf(self) -> None:
+        """kernel/printk/printk.c setup_log_buf: a bigger ring only on machines with more
+        than 64 possible CPUs (log_buf_add_cpu), with its descriptor and info arrays."""
+        extra = (self.machine.cpus - 1) * LOG_CPU_MAX_BUF
+        if extra <= LOG_BUF_LEN // 2:
+            return
+        length = 1 << (LOG_BUF_LEN + extra - 1).bit_length()
+        count = length >> 5  # PRB_AVGBITS
+        for what, size in (("log buffer", length), ("log descriptors", count * 24),
+                           ("log infos", count * 88)):
+            self._alloc(what, "setup_log_buf", size, SMP_CACHE_BYTES)
+
+    def vfs_caches_init_early(self) -> None:
+        """fs/dcache.c, fs/inode.c: with one node (hashdist off) the dentry and inode hash
+        tables come from memblock, sized from the RAM's pages (alloc_large_system_hash)."""
+        if len(self.machine.nodes) > 1:
+            return
+        pages = self.machine.memory_size // self.arch.page_size
+        pages -= pages * self.arch.struct_page_size // self.arch.page_size  # nr_kernel_pages
+        entries = 1 << (pages - 1).bit_length()
+        for what, scale in (("dentry hash table", 13), ("inode hash table", 14)):
+            size = (entries >> (scale - self.arch.page_shift)) * 8
+            self._alloc(what, "alloc_large_system_hash", size, SMP_CACHE_BYTES)
+
+    def swiotlb_init(self) -> None:
+        """kernel/dma/swiotlb.c swiotlb_init_remap from arch_mm_preinit: with RAM above
+        4 GiB, 64 MiB of bounce buffers below 4 GiB, and its slot array."""
+        if self.mb.end_of_dram() <= 4 * GiB:
+            return
+        self._alloc("swiotlb bounce buffers", "swiotlb_memblock_alloc", IO_TLB_DEFAULT_SIZE,
+                    self.arch.page_size, max_addr=self.arch.low_limit)
+        slots = IO_TLB_DEFAULT_SIZE // (2 * KiB) * IO_TLB_SLOT_SIZE
+        self._alloc("swiotlb slots", "swiotlb_init_remap", round_up(slots, self.arch.page_size),
+                    self.arch.page_size)
+
+
+def boot_reservations(machine: Machine, memblock: Memblock, params: BootParams,
+                      log: Printk) -> list[Reservation]:
+    """Everything reserved before kho_memory_init, in the kernel's order."""
+    boot = Boot(machine, memblock, log)
+    boot.early_reserve_memory()
+    boot.reserve_initrd()
+    # init_mem_mapping maps all RAM (its few page tables come from the image's brk) and
+    # memblock may then allocate anywhere: memblock_set_current_limit(get_max_mapped()).
+    memblock.current_limit = memblock.end_of_dram()
+    boot.alloc_node_data()
+    boot.sparse_init()
+    boot.setup_per_cpu_areas()
+    boot.reserve_mem(params.reserve_mem)
+    boot.setup_log_buf()
+    boot.vfs_caches_init_early()
+    boot.swiotlb_init()
+    return boot.reservations
