@@ -8,7 +8,10 @@ import libfdt
 
 
 def finished(sw: libfdt.FdtSw) -> bytes:
-    """The finished blob: FdtSw's buffer holds free space after totalsize."""
+    """The finished blob. as_fdt() runs fdt_finish() without growing the buffer first, so a
+    tree that fills it exactly has no room for FDT_END: make room (the layout is the same).
+    FdtSw's buffer goes on past totalsize."""
+    sw.resize(len(sw._fdt) + sw.INC_SIZE)
     fdt = sw.as_fdt()
     return bytes(fdt.as_bytearray()[:fdt.totalsize()])
 

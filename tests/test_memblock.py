@@ -6,7 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from khofs.engine.boot import Reservation, boot_reservations
-from khofs.engine.machine import MACHINES, X86_64, GiB, Machine, MiB, pc_nodes
+from khofs.engine.machine import (
+    MACHINES,
+    X86_64,
+    Arch,
+    GiB,
+    KiB,
+    Machine,
+    MiB,
+    arm64,
+    contiguous_nodes,
+    pc_nodes,
+)
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ANYWHERE,
     MEMBLOCK_RSRV_KERN,
@@ -114,19 +125,23 @@ def test_failed_scratch_frees_everything_and_disables() -> None:
     assert regions(mb) == before
 
 
-def random_machine(node_gib: list[int], cpus: int) -> Machine:
-    return Machine("random", "random", X86_64, cpus=cpus,
-                   nodes=pc_nodes([g * GiB for g in node_gib]), kernel_size=38 * MiB,
+ARCHES = [X86_64, arm64(4 * KiB), arm64(16 * KiB), arm64(64 * KiB)]
+
+
+def random_machine(node_gib: list[int], cpus: int, arch: Arch = X86_64) -> Machine:
+    sizes = [g * GiB for g in node_gib]
+    nodes = pc_nodes(sizes) if arch is X86_64 else contiguous_nodes(GiB, sizes)
+    return Machine("random", "random", arch, cpus=cpus, nodes=nodes, kernel_size=38 * MiB,
                    initrd_size=32 * MiB)
 
 
 @settings(max_examples=60, deadline=None)
 @given(node_gib=st.lists(st.integers(3, 96), min_size=1, max_size=4),
-       cpus=st.integers(1, 256), scale=st.integers(1, 400))
-def test_scratch_invariants(node_gib: list[int], cpus: int, scale: int) -> None:
+       cpus=st.integers(1, 256), scale=st.integers(1, 400), arch=st.sampled_from(ARCHES))
+def test_scratch_invariants(node_gib: list[int], cpus: int, scale: int, arch: Arch) -> None:
     """Either every area is placed by the rules, or (as when the global area, allocated
     top-down anywhere, takes a small last node's room) nothing stays reserved."""
-    machine = random_machine(node_gib, cpus)
+    machine = random_machine(node_gib, cpus, arch)
     mb, reservations = boot_only(machine)
     before = regions(mb)
     areas = kho_reserve_scratch(machine, mb, ScratchParams(scale=scale))
@@ -145,7 +160,7 @@ def test_scratch_invariants(node_gib: list[int], cpus: int, scale: int) -> None:
         for j, other in enumerate(areas):
             if j != k and other.size and area.size:
                 assert end <= other.addr or other.addr + other.size <= area.addr
-    assert areas[0].addr + areas[0].size <= machine.arch.low_limit + 1
+    assert areas[0].addr + areas[0].size <= machine.low_limit
     for area in areas:
         for r in reservations:
             assert r.base + r.size <= area.addr or area.addr + area.size <= r.base
@@ -153,20 +168,21 @@ def test_scratch_invariants(node_gib: list[int], cpus: int, scale: int) -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(node_gib=st.lists(st.integers(3, 64), min_size=1, max_size=3),
-       cpus=st.integers(1, 128), scale=st.integers(1, 300))
-def test_scratch_sizes_follow_the_formula(node_gib: list[int], cpus: int, scale: int) -> None:
-    machine = random_machine(node_gib, cpus)
+       cpus=st.integers(1, 128), scale=st.integers(1, 300), arch=st.sampled_from(ARCHES))
+def test_scratch_sizes_follow_the_formula(node_gib: list[int], cpus: int, scale: int,
+                                          arch: Arch) -> None:
+    machine = random_machine(node_gib, cpus, arch)
     mb = Memblock()
     for node in machine.nodes:
         for start, end in node.ranges:
             mb.add(start, end - start, node.nid)
     boot_reservations(machine, mb, BootParams(), Printk())
-    k_low = mb.reserved_kern_size(machine.arch.low_limit, NUMA_NO_NODE)
+    k_low = mb.reserved_kern_size(machine.low_limit, NUMA_NO_NODE)
     k_all = mb.reserved_kern_size(ANYWHERE, NUMA_NO_NODE)
     k_nodes = [mb.reserved_kern_size(ANYWHERE, n.nid) for n in machine.nodes]
     areas = kho_reserve_scratch(machine, mb, ScratchParams(scale=scale))
     assert areas is not None
-    align = 2 * MiB
+    align = arch.pageblock_size
     lowmem = round_up(k_low * scale // 100, align)
     assert areas[0].size == lowmem
     assert areas[1].size == round_up((k_all * scale // 100 - lowmem) % (1 << 64), align)

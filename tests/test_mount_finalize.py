@@ -119,12 +119,12 @@ def test_read_is_buffered_per_open(mnt: Path) -> None:
 
 
 def test_scratch_show_files(mnt: Path) -> None:
+    """The default machine's table (lowmem, global, node 0), as `cat` shows it; the
+    numbers themselves are checked in tests/test_memblock.py."""
+    out = f"{mnt}/kho/out"
+    assert sh(f"cat {out}/scratch_phys").stdout == "0x6b400000\n0x44ae00000\n0x42a800000\n"
+    assert sh(f"cat {out}/scratch_len").stdout == "0xcc00000\n0x23600000\n0x20600000\n"
     phys = (mnt / OUT / "scratch_phys").read_text().splitlines()
-    size = (mnt / OUT / "scratch_len").read_text().splitlines()
-    assert len(phys) == len(size) == 3  # lowmem, global, one node
-    for line in phys + size:
-        assert line.startswith("0x") and line == f"0x{int(line, 16):x}"
-    assert int(phys[0], 16) + int(size[0], 16) <= 1 << 32
     fd = os.open(mnt / OUT / "scratch_phys", os.O_RDWR)
     try:
         assert os.pread(fd, 4, 2) == (phys[0] + "\n").encode()[2:6]

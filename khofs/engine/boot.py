@@ -24,7 +24,6 @@ from khofs.engine.params import BootParams, ReserveMem
 from khofs.engine.printk import Printk
 
 SMP_CACHE_BYTES = 64
-PMD_SIZE = 2 * MiB
 PG_DATA_T_SIZE = 0x2B000  # sizeof(pg_data_t), page-rounded: "NODE_DATA(n) allocated" lines
 MEM_SECTION_SIZE = 16  # sizeof(struct mem_section)
 SECTION_USAGE_SIZE = 24 + 32  # struct mem_section_usage + usemap_size()
@@ -56,6 +55,8 @@ class Boot:
         self.mb = memblock
         self.log = log
         self.reservations: list[Reservation] = []
+        self.x86 = machine.arch.name == "x86_64"
+        self.min_addr = machine.arch.max_dma_address(machine.dram_start)
 
     # --- recording ------------------------------------------------------------------------
 
@@ -80,23 +81,33 @@ class Boot:
     # --- setup_arch ------------------------------------------------------------------------
 
     def early_reserve_memory(self) -> None:
-        """arch/x86/kernel/setup.c early_reserve_memory: the image, and the first MiB
-        (BIOS data, real-mode trampoline), which x86 never hands to the allocator."""
-        self._reserve("kernel image (_text to __end_of_kernel_reserve)",
-                      "early_reserve_memory", self.arch.kernel_base, self.machine.kernel_size,
-                      True)
-        self._reserve("first 1 MiB (BIOS, real mode)", "early_reserve_memory", 0, MiB, False)
+        """The image and what firmware left: x86 early_reserve_memory reserves the image
+        with memblock_reserve_kern and (reserve_real_mode) the first MiB; arm64's
+        arm64_memblock_init a plain memblock_reserve of the image, and
+        early_init_fdt_reserve_self the device tree QEMU put at the start of RAM."""
+        start = self.machine.dram_start
+        self._reserve("kernel image", "early_reserve_memory" if self.x86 else
+                      "arm64_memblock_init", self.arch.kernel_base(start),
+                      self.machine.kernel_size, self.arch.kernel_image_is_kern)
+        if self.x86:
+            self._reserve("first 1 MiB (BIOS, real mode)", "reserve_real_mode", 0, MiB, False)
+        else:
+            self._reserve("device tree blob", "early_init_fdt_reserve_self", start, MiB, False)
 
     def reserve_initrd(self) -> None:
-        """arch/x86/kernel/setup.c early_reserve_initrd: where the boot loader put it, at the
-        top of RAM below 2 GiB (the boot protocol's initrd_addr_max)."""
+        """Where the boot loader put the initrd: x86 boot loaders at the top of RAM below
+        2 GiB (initrd_addr_max); QEMU's arm loader min(RAM / 2, 128 MiB) into RAM."""
         size = round_up(self.machine.initrd_size, self.arch.page_size)
         if not size:
             return
-        top = max(min(end, 2 * GiB) for node in self.machine.nodes
-                  for start, end in node.ranges if start < 2 * GiB)
-        self._reserve("initrd", "early_reserve_initrd",
-                      round_down(top - size, self.arch.page_size), size, False)
+        if self.x86:
+            top = max(min(end, 2 * GiB) for node in self.machine.nodes
+                      for start, end in node.ranges if start < 2 * GiB)
+            base = round_down(top - size, self.arch.page_size)
+        else:
+            base = self.machine.dram_start + min(self.machine.memory_size // 2, 128 * MiB)
+        self._reserve("initrd", "early_reserve_initrd" if self.x86 else "arm64_memblock_init",
+                      base, size, False)
 
     def alloc_node_data(self) -> None:
         """mm/numa.c alloc_node_data: each node's pg_data_t, on that node if it can be."""
@@ -134,18 +145,26 @@ class Boot:
             self._sparse_init_nid(node.nid)
 
     def _sparse_init_nid(self, nid: int) -> None:
+        arch = self.arch
         count = len(self._present_sections(nid))
         self._alloc(f"section usemaps, node {nid}", "sparse_init_nid",
                     SECTION_USAGE_SIZE * count, SMP_CACHE_BYTES, nid=nid)
-        map_size = self.arch.section_size // self.arch.page_size * self.arch.struct_page_size
-        map_size = round_up(map_size, PMD_SIZE)
+        map_size = arch.section_size // arch.page_size * arch.struct_page_size
+        if arch.vmemmap_uses_pmds:
+            # section_map_size(): whole PMD blocks, from one exact-node sparse buffer
+            align = map_size = round_up(map_size, arch.pmd_size)
+        else:
+            # vmemmap_populate_basepages takes pages; the buffer's tail goes back
+            map_size, align = round_up(map_size, arch.page_size), arch.page_size
         memmap = map_size * count
         self._alloc(f"memmap (struct pages), node {nid}", "sparse_buffer_init", memmap,
-                    map_size, nid=nid, min_addr=self.arch.max_dma_address, exact_nid=True)
-        pmd_pages = -(-memmap // GiB)  # one PMD table maps 1 GiB of vmemmap
+                    align, nid=nid, min_addr=self.min_addr, exact_nid=True)
+        # one table page per PMD table's reach (512 PMDs) or per PMD of base pages
+        reach = arch.pmd_size * (arch.page_size // 8) if arch.vmemmap_uses_pmds \
+            else arch.pmd_size
         self._alloc(f"vmemmap page tables, node {nid}", "vmemmap_populate",
-                    pmd_pages * self.arch.page_size, self.arch.page_size, nid=nid,
-                    min_addr=self.arch.max_dma_address)
+                    -(-memmap // reach) * arch.page_size, arch.page_size, nid=nid,
+                    min_addr=self.min_addr)
 
     # --- start_kernel ---------------------------------------------------------------------
 
@@ -155,29 +174,35 @@ class Boot:
         are given back whole."""
         groups = [(n.nid, self.machine.cpus_on(n.nid)) for n in self.machine.nodes]
         groups = [(nid, cpus) for nid, cpus in groups if cpus]
-        upa = self._units_per_alloc([cpus for _, cpus in groups])
-        unit = PMD_SIZE // upa
+        # x86 asks for PMD-sized atoms; arm64 (drivers/base/arch_numa.c) for pages
+        atom = self.arch.pmd_size if self.x86 else self.arch.page_size
+        used_size = round_up(PERCPU_UNIT_USED, self.arch.page_size)
+        upa = self._units_per_alloc([cpus for _, cpus in groups], atom, used_size)
+        unit = round_up(used_size, atom) // upa
         for nid, cpus in groups:
             units = -(-cpus // upa) * upa
-            base = self.mb.alloc_try_nid(units * unit, PMD_SIZE, self.arch.max_dma_address,
+            base = self.mb.alloc_try_nid(units * unit, atom, self.min_addr,
                                          MEMBLOCK_ALLOC_ACCESSIBLE, nid)
             if not base:
                 self.log.err(f"pcpu_embed_first_chunk: Failed to allocate for node {nid}")
                 continue
             recorded = self._nid_at(base)
             for u in range(units):
-                used = PERCPU_UNIT_USED if u < cpus else 0
+                used = used_size if u < cpus else 0
                 self.mb.phys_free(base + u * unit + used, unit - used)
                 if used:
                     self.reservations.append(Reservation(
                         f"per-cpu first chunk, cpu unit {u} of node {nid}",
                         "pcpu_embed_first_chunk", base + u * unit, used, recorded, True))
 
-    def _units_per_alloc(self, group_cpus: list[int]) -> int:
-        """pcpu_build_alloc_info: the most units per 2 MiB allocation that wastes at most
-        a third of the CPUs' worth of units, without needing more allocations."""
+    def _units_per_alloc(self, group_cpus: list[int], atom: int, used: int) -> int:
+        """pcpu_build_alloc_info: the most units per atom-sized allocation that wastes at
+        most a third of the CPUs' worth of units, without needing more allocations."""
+        alloc = round_up(used, atom)
         best, last_allocs = 1, None
-        for upa in (8, 4, 2, 1):  # the divisors of 8 leaving page-aligned units
+        for upa in range(alloc // used, 0, -1):
+            if alloc % upa or (alloc // upa) % self.arch.page_size:
+                continue
             allocs = sum(-(-cpus // upa) for cpus in group_cpus)
             wasted = sum(-(-cpus // upa) * upa - cpus for cpus in group_cpus)
             if wasted > self.machine.cpus // 3:
@@ -212,17 +237,19 @@ class Boot:
         pages = self.machine.memory_size // self.arch.page_size
         pages -= pages * self.arch.struct_page_size // self.arch.page_size  # nr_kernel_pages
         entries = 1 << (pages - 1).bit_length()
+        shift = self.arch.page_shift
         for what, scale in (("dentry hash table", 13), ("inode hash table", 14)):
-            size = (entries >> (scale - self.arch.page_shift)) * 8
+            size = 8 * (entries >> (scale - shift) if scale > shift else entries << (shift - scale))
             self._alloc(what, "alloc_large_system_hash", size, SMP_CACHE_BYTES)
 
     def swiotlb_init(self) -> None:
-        """kernel/dma/swiotlb.c swiotlb_init_remap from arch_mm_preinit: with RAM above
-        4 GiB, 64 MiB of bounce buffers below 4 GiB, and its slot array."""
-        if self.mb.end_of_dram() <= 4 * GiB:
+        """kernel/dma/swiotlb.c swiotlb_init_remap from arch_mm_preinit: with RAM beyond
+        the DMA limit, 64 MiB of bounce buffers below it, and its slot array."""
+        low_limit = self.machine.low_limit
+        if self.mb.end_of_dram() <= low_limit + 1:
             return
         self._alloc("swiotlb bounce buffers", "swiotlb_memblock_alloc", IO_TLB_DEFAULT_SIZE,
-                    self.arch.page_size, max_addr=self.arch.low_limit)
+                    self.arch.page_size, max_addr=low_limit)
         slots = IO_TLB_DEFAULT_SIZE // (2 * KiB) * IO_TLB_SLOT_SIZE
         self._alloc("swiotlb slots", "swiotlb_init_remap", round_up(slots, self.arch.page_size),
                     self.arch.page_size)

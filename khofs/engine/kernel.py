@@ -32,7 +32,7 @@ class Kernel:
         self.machine = machine
         self.log = Printk(log_sink)
         self.params = parse_cmdline(cmdline, self.log)
-        self.memblock = Memblock()
+        self.memblock = Memblock(machine.arch.page_size)
         for node in machine.nodes:
             for start, end in node.ranges:
                 self.memblock.add(start, end - start, node.nid)
@@ -42,10 +42,6 @@ class Kernel:
             scratch = kho_reserve_scratch(machine, self.memblock, self.params.scratch)
         self.kho_enabled = scratch is not None
         self.scratch = scratch or []
-        # 6.16 disables KHO without a word when a scratch area does not fit; khofs says so
-        # in its own voice, so the log is never silent about why there is no kho/.
-        self.kho_off_reason = "" if self.kho_enabled else (
-            "a scratch area could not be allocated" if self.params.kho else "kho= is not on")
         page_size = machine.arch.page_size
         self.pages = PageAllocator(self.memblock, self.scratch, page_size)
         self.mem = PhysMem(page_size)

@@ -14,6 +14,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
+U32_MAX = 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class Arch:
     """What the kernel's numbers depend on, per architecture and page size."""
@@ -21,23 +24,66 @@ class Arch:
     name: str
     page_size: int
     pageblock_size: int  # pageblock_nr_pages << PAGE_SHIFT == CMA_MIN_ALIGNMENT_BYTES
-    low_limit: int  # ARCH_LOW_ADDRESS_LIMIT
-    kernel_base: int  # where the image lands (x86-64: CONFIG_PHYSICAL_START, no KASLR)
     section_size: int  # 1 << SECTION_SIZE_BITS, the SPARSEMEM section
-    max_dma_address: int  # __pa(MAX_DMA_ADDRESS): the floor of memmap and per-cpu areas
     max_physmem_bits: int  # MAX_PHYSMEM_BITS: sizes the mem_section root array
+    pmd_size: int  # what one PMD entry maps: the vmemmap's and per-cpu atom's unit on x86
+    kernel_image_is_kern: bool  # x86 reserves its image with memblock_reserve_kern
     struct_page_size: int = 64  # sizeof(struct page)
 
     @property
     def page_shift(self) -> int:
         return self.page_size.bit_length() - 1
 
+    @property
+    def vmemmap_uses_pmds(self) -> bool:
+        """vmemmap_populate maps the memmap with PMD blocks from the sparse buffer (x86-64,
+        arm64 with 4 KiB pages); otherwise with base pages (arm64 16K and 64K)."""
+        return self.name == "x86_64" or self.page_size == 4 * KiB
 
-X86_64 = Arch(
-    name="x86_64", page_size=4 * KiB, pageblock_size=2 * MiB, low_limit=0xFFFFFFFF,
-    kernel_base=16 * MiB, section_size=128 * MiB, max_dma_address=16 * MiB,
-    max_physmem_bits=46,
-)
+    def low_limit(self, dram_start: int, dram_end: int) -> int:
+        """ARCH_LOW_ADDRESS_LIMIT. x86-64: 4 GiB - 1. arm64: arm64_dma_phys_limit - 1,
+        where zone_sizes_init caps the DMA zone at 4 GiB when RAM starts below it
+        (max_zone_phys), else at the end of RAM (no firmware dma-ranges)."""
+        if self.name == "x86_64":
+            return U32_MAX
+        limit = U32_MAX if dram_start < U32_MAX else dram_end - 1
+        return min(limit, dram_end - 1)
+
+    def kernel_base(self, dram_start: int) -> int:
+        """Where the image lands without KASLR: x86-64 CONFIG_PHYSICAL_START (16 MiB);
+        arm64, 2 MiB into RAM, as QEMU and the EFI stub place an Image."""
+        return 16 * MiB if self.name == "x86_64" else dram_start + 2 * MiB
+
+    def max_dma_address(self, dram_start: int) -> int:
+        """__pa(MAX_DMA_ADDRESS): 16 MiB on x86-64; PAGE_OFFSET, the start of RAM, on arm64."""
+        return 16 * MiB if self.name == "x86_64" else dram_start
+
+
+X86_64 = Arch(name="x86_64", page_size=4 * KiB, pageblock_size=2 * MiB,
+              section_size=128 * MiB, max_physmem_bits=46, pmd_size=2 * MiB,
+              kernel_image_is_kern=True)
+
+
+def arm64(page_size: int) -> Arch:
+    """arm64 by page size: pageblock_order = min(HPAGE_PMD_ORDER, ARCH_FORCE_MAX_ORDER)
+    gives 2 MiB, 32 MiB and 512 MiB pageblocks; SECTION_SIZE_BITS is 27, 27 and 29."""
+    pmd = {4 * KiB: 2 * MiB, 16 * KiB: 32 * MiB, 64 * KiB: 512 * MiB}[page_size]
+    section = 512 * MiB if page_size == 64 * KiB else 128 * MiB
+    return Arch(name="arm64", page_size=page_size, pageblock_size=pmd, section_size=section,
+                max_physmem_bits=48, pmd_size=pmd, kernel_image_is_kern=False)
+
+
+def get_arch(name: str, page_size: int = 4 * KiB) -> Arch:
+    """An architecture by name and page size; ValueError names what is not supported."""
+    if name == "x86_64":
+        if page_size != 4 * KiB:
+            raise ValueError("x86_64 has 4K pages only")
+        return X86_64
+    if name == "arm64":
+        if page_size not in (4 * KiB, 16 * KiB, 64 * KiB):
+            raise ValueError("arm64 pages are 4K, 16K or 64K")
+        return arm64(page_size)
+    raise ValueError(f"unknown architecture {name!r} (x86_64 or arm64)")
 
 
 @dataclass(frozen=True)
@@ -61,10 +107,23 @@ class Machine:
     nodes: tuple[Node, ...]
     kernel_size: int  # _text to __end_of_kernel_reserve (code, data, bss and brk)
     initrd_size: int = 0
+    cmdline: str | None = None  # the command line this machine boots with, if it says
 
     @property
     def memory_size(self) -> int:
         return sum(n.size for n in self.nodes)
+
+    @property
+    def dram_start(self) -> int:
+        return min(start for n in self.nodes for start, _ in n.ranges)
+
+    @property
+    def dram_end(self) -> int:
+        return max(end for n in self.nodes for _, end in n.ranges)
+
+    @property
+    def low_limit(self) -> int:
+        return self.arch.low_limit(self.dram_start, self.dram_end)
 
     def cpus_on(self, nid: int) -> int:
         """CPUs are spread evenly over the nodes, the first nodes taking any remainder."""
@@ -99,6 +158,15 @@ def pc_nodes(node_sizes: list[int], pci_hole_start: int = PCI_HOLE_START) -> tup
     return tuple(nodes)
 
 
+def contiguous_nodes(start: int, node_sizes: list[int]) -> tuple[Node, ...]:
+    """Nodes whose RAM follows one another from start, as on QEMU's arm64 virt board."""
+    nodes = []
+    for nid, size in enumerate(node_sizes):
+        nodes.append(Node(nid, ((start, start + size),)))
+        start += size
+    return tuple(nodes)
+
+
 MACHINES: dict[str, Machine] = {
     m.name: m for m in (
         Machine("laptop", "x86-64, 16 GiB, one NUMA node, 8 CPUs", X86_64, cpus=8,
@@ -111,6 +179,11 @@ MACHINES: dict[str, Machine] = {
         Machine("server-2s", "x86-64, two NUMA nodes of 192 GiB, 96 CPUs", X86_64, cpus=96,
                 nodes=pc_nodes([192 * GiB, 192 * GiB]), kernel_size=38 * MiB,
                 initrd_size=64 * MiB),
+        *(Machine(f"arm64-virt{suffix}", f"arm64, QEMU virt, 4 GiB at 1 GiB, 4 CPUs, "
+                  f"{pages // KiB} KiB pages", arm64(pages), cpus=4,
+                  nodes=contiguous_nodes(GiB, [4 * GiB]), kernel_size=32 * MiB,
+                  initrd_size=16 * MiB)
+          for suffix, pages in (("", 4 * KiB), ("-16k", 16 * KiB), ("-64k", 64 * KiB))),
     )
 }
 

@@ -69,13 +69,13 @@ def kho_reserve_scratch(machine: Machine, memblock: Memblock,
     (everything it took is given back and KHO is disabled, silently, as in 6.16)."""
     arch = machine.arch
     align = arch.pageblock_size
-    lowmem, global_ = scratch_size_update(params, memblock, arch.low_limit, align)
+    lowmem, global_ = scratch_size_update(params, memblock, machine.low_limit, align)
     count = len(machine.nodes) + 2
     desc = memblock.alloc_try_nid(count * KHO_SCRATCH_SIZE, arch.page_size)
     if not desc:
         return None
     areas: list[KhoScratch] = []
-    wanted = [(lowmem, 0, arch.low_limit, NUMA_NO_NODE),
+    wanted = [(lowmem, 0, machine.low_limit, NUMA_NO_NODE),
               (global_, 0, MEMBLOCK_ALLOC_ACCESSIBLE, NUMA_NO_NODE)]
     wanted += [(-1, 0, MEMBLOCK_ALLOC_ACCESSIBLE, n.nid) for n in machine.nodes]
     for size, start, end, nid in wanted:

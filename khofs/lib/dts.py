@@ -41,7 +41,9 @@ from khofs.lib.libfdt import (
     fdt_totalsize,
 )
 
-MAX_DTB_SIZE = 1 << 20  # a compiled tree larger than this is refused
+# A compiled tree larger than this is refused: 32 pages is far more than a producer needs, and
+# the package's parser is quadratic in the number of entries of a node.
+MAX_DTB_SIZE = 128 << 10
 
 # dtc's lexer: PROPNODECHAR, the characters of node and property names.
 _NAME = re.compile(r"[A-Za-z0-9,._+*#?@-]+")
@@ -165,9 +167,11 @@ def _strings(toks: list[_Tok]) -> tuple[str, int]:
         raise _fail(toks[0].line, "mixed or malformed property value")
     for t in texts:
         body = t.text[1:-1]
-        bad = next((c for c in ("\\", ";", "//", "/*", "\t") if c in body), None)
+        bad = next((c for c in ("\\", ";", "//", "/*") if c in body), None)
         if bad is not None:
             raise _fail(t.line, f"{bad!r} inside a string is not supported")
+        if any(ord(c) < 0x20 for c in body):
+            raise _fail(t.line, "control characters inside a string are not supported")
         if not body or body != body.strip() or body.startswith(","):
             raise _fail(t.line, "empty strings, strings with outer spaces and strings starting "
                         "with ',' are not supported")
@@ -180,7 +184,9 @@ def _cells(toks: list[_Tok]) -> tuple[str, int]:
     count, i = 0, 0
     while i < len(toks):
         if groups:  # a further group needs its comma
-            i += 1 if toks[i].text == "," else len(toks)
+            if toks[i].text != ",":
+                raise _fail(toks[i].line, "mixed or malformed property value")
+            i += 1
         if i >= len(toks) or toks[i].text != "<":
             raise _fail(toks[min(i, len(toks) - 1)].line, "mixed or malformed property value")
         j = next((k for k in range(i + 1, len(toks)) if toks[k].text == ">"), None)
@@ -257,6 +263,8 @@ class _Reader:
             if len(stmt.toks) != 3 or stmt.end != ";":
                 raise _fail(stmt.line, "/memreserve/ needs an address and a size")
             addr, size = (_int(t, 64) for t in stmt.toks[1:])
+            if not size:  # readers would take it for the end of the map
+                raise _fail(stmt.line, "/memreserve/ of size 0 is not supported")
             self.out.append(f"/memreserve/ {addr} {size};")
             self.size += FDT_RESERVE_ENTRY_SIZE
 
@@ -439,23 +447,32 @@ def _check_rsvmap(data: bytes, off: int, totalsize: int) -> None:
         off += FDT_RESERVE_ENTRY_SIZE
 
 
+def _printable(name: bytes) -> bool:
+    """Names are ASCII without spaces or controls: readers decode them as text."""
+    return all(0x21 <= c <= 0x7E for c in name)
+
+
 def _check_struct(block: bytes, strings: bytes) -> None:
-    """fdt_check_full()'s walk: one root named "", balanced nodes, names inside the strings."""
-    offset, depth, roots = 0, 0, 0
+    """fdt_check_full()'s walk: one root named "", balanced nodes, names inside the strings.
+
+    Stricter than libfdt: no property outside a node, and printable names.
+    """
+    offset, depth, seen_root = 0, 0, False
     while True:
         tag, nextoffset = fdt_next_tag(block, offset)
         if nextoffset < 0:
             raise _bad(f"structure block truncated or corrupt at {offset}")
-        if roots and not depth and tag != FDT_END:
+        if seen_root and not depth and tag != FDT_END:
             raise _bad(f"tag {tag} after the root node at {offset}")
         if tag == FDT_END:
-            if depth or not roots:
+            if depth or not seen_root:
                 raise _bad("structure block ends inside a node or without a root")
             return
         if tag == FDT_BEGIN_NODE:
-            if not depth and block[offset + 4] != 0:
-                raise _bad("root node name is not empty")
-            roots += not depth
+            name = block[offset + 4:block.index(b"\0", offset + 4)]
+            if (not depth and name) or not _printable(name):
+                raise _bad(f"node name {name!r} at {offset}")
+            seen_root = True
             depth += 1
         elif tag == FDT_END_NODE:
             if not depth:
@@ -463,7 +480,8 @@ def _check_struct(block: bytes, strings: bytes) -> None:
             depth -= 1
         elif tag == FDT_PROP:
             nameoff = struct.unpack_from(">I", block, offset + 8)[0]
-            if not depth or nameoff >= len(strings) or strings.find(b"\0", nameoff) < 0:
+            end = strings.find(b"\0", nameoff) if nameoff < len(strings) else -1
+            if not depth or end < 0 or not _printable(strings[nameoff:end]):
                 raise _bad(f"property at {offset} outside a node or with a bad name")
         elif tag != FDT_NOP:
             raise _bad(f"unknown tag {tag} at {offset}")
