@@ -6,9 +6,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from khofs import __version__
+
+if TYPE_CHECKING:
+    from khofs.engine.kernel import Kernel
 
 DEFAULT_CMDLINE = "kho=on"
 
@@ -31,9 +34,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     m = sub.add_parser("mount", help="boot an emulated kernel and mount its debugfs")
     m.add_argument("mountpoint")
-    m.add_argument("--machine", default="laptop", help=f"one of: {', '.join(MACHINES)}")
-    m.add_argument("--cmdline", default=DEFAULT_CMDLINE,
-                   help="the emulated kernel's whole command line (default: kho=on)")
+    _machine_options(m)
     m.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers")
     m.add_argument("--foreground", action="store_true", help="serve in this process")
     m.add_argument("--debug", action="store_true", help="log every FUSE call")
@@ -43,7 +44,27 @@ def build_parser() -> Parser:
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
+    ms = sub.add_parser("machine", help="the emulated machines").add_subparsers(
+        dest="machine_command", required=True, parser_class=Parser)
+    show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
+                         "scratch areas, without mounting")
+    show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
+                      help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    show.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
+
+
+CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine file's "
+                "cmdline, else kho=on)")
+
+
+def _machine_options(p: argparse.ArgumentParser) -> None:
+    from khofs.engine.machine import MACHINES
+
+    p.add_argument("--machine", default="laptop", dest="machine_arg",
+                   help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "mount":
             return cmd_mount(args)
+        if args.command == "machine":
+            return cmd_machine_show(args)
         return cmd_umount(args)
     except Usage as e:
         print(f"khofs: {e}", file=sys.stderr)
@@ -70,43 +93,51 @@ def _check_mountpoint(path: str) -> None:
         raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
 
 
-def _boot(args: argparse.Namespace) -> object:
+def _boot(args: argparse.Namespace, producers_file: str | None = None,
+          quiet: bool = False) -> Kernel:
     from khofs.config import ConfigError, load_producers
     from khofs.engine.kernel import Kernel
-    from khofs.engine.machine import get_machine
+    from khofs.machine_file import load_machine
 
     try:
-        machine = get_machine(args.machine)
-    except KeyError:
-        raise Usage(f"--machine {args.machine}: unknown machine") from None
-    try:
-        producers = load_producers(args.producers) if args.producers else []
+        machine = load_machine(args.machine_arg)
+        producers = load_producers(producers_file) if producers_file else []
     except ConfigError as e:
         raise Usage(str(e)) from None
-    kernel = Kernel(machine, args.cmdline, producers, uid=os.getuid(), gid=os.getgid())
+    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
+    kernel = Kernel(machine, cmdline, producers, uid=os.getuid(), gid=os.getgid())
+    if quiet:
+        return kernel
     if not kernel.params.kho:
-        print(f"khofs: KHO is off on the kernel command line {args.cmdline!r}, as a kernel "
+        print(f"khofs: KHO is off on the kernel command line {cmdline!r}, as a kernel "
               "would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
     elif not kernel.kho_enabled:
-        print("khofs: KHO was disabled during boot (scratch areas could not be reserved; "
-              "see the log): no kho/ directory", file=sys.stderr)
+        print("khofs: KHO was disabled during boot: a scratch area could not be allocated "
+              "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory",
+              file=sys.stderr)
     return kernel
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from khofs import daemon
-    from khofs.engine.kernel import Kernel
 
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
-    kernel = _boot(args)
-    assert isinstance(kernel, Kernel)
+    kernel = _boot(args, args.producers)
     if args.foreground:
         return daemon.run_foreground(kernel, mountpoint, args.allow_other, args.debug)
     log_path = args.log or daemon.default_log_path(mountpoint)
     status, problem = daemon.start(kernel, mountpoint, log_path, args.allow_other, args.debug)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
+    return 0
+
+
+def cmd_machine_show(args: argparse.Namespace) -> int:
+    from khofs.report import show_json, show_text
+
+    kernel = _boot(args, quiet=True)
+    sys.stdout.write(show_json(kernel) if args.json else show_text(kernel))
     return 0
 
 

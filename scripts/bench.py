@@ -87,6 +87,63 @@ def mount_time(runs: int) -> list[float]:
     return samples
 
 
+BIG_MACHINE = """# bench: 4 NUMA nodes of 2 TiB each
+name = "big-4n-8t"
+arch = "x86_64"
+cpus = 256
+[[node]]
+size = "2T"
+[[node]]
+size = "2T"
+[[node]]
+size = "2T"
+[[node]]
+size = "2T"
+"""
+
+
+def boot_times(runs: int) -> dict[str, list[float]]:
+    """Booting each preset's emulated kernel in this process (parse, memblock, scratch,
+    kho_init), in microseconds."""
+    from khofs.engine.kernel import Kernel
+    from khofs.engine.machine import MACHINES
+
+    out = {}
+    for name, machine in MACHINES.items():
+        out[name] = timed(lambda m=machine: Kernel(m), runs)  # type: ignore[misc]
+    return out
+
+
+def daemon_peak_rss(machine: str) -> int:
+    """VmHWM of a mounted daemon after a finalize cycle, in KiB."""
+    with tempfile.TemporaryDirectory() as mnt:
+        subprocess.run([*KHOFS, "mount", mnt, "--machine", machine], check=True)
+        try:
+            out = Path(mnt) / "kho" / "out"
+            cycle(str(out / "finalize"))
+            pid = subprocess.run(["pgrep", "-f", f"khofs mount {mnt}"], capture_output=True,
+                                 text=True, check=True).stdout.split()[0]
+            status = Path(f"/proc/{pid}/status").read_text()
+            return int(next(ln.split()[1] for ln in status.splitlines()
+                            if ln.startswith("VmHWM:")))
+        finally:
+            subprocess.run([*KHOFS, "umount", mnt], check=True)
+
+
+def machine_rows(runs: int) -> list[str]:
+    lines = [f"{'boot (engine, in process)':28} {'median ms':>10} {'p99':>9}   target < 200 ms"]
+    for name, samples in boot_times(runs).items():
+        lines.append(f"  {name:26} {statistics.median(samples) / 1000:10.2f} "
+                     f"{p99(samples) / 1000:9.2f}")
+    with tempfile.TemporaryDirectory() as d:
+        big = Path(d) / "big-4n-8t.toml"
+        big.write_text(BIG_MACHINE)
+        lines.append(f"{'daemon peak RSS (VmHWM)':28} {'MiB':>10}   target < 60 MiB")
+        for name in ("server-2s", str(big)):
+            lines.append(f"  {Path(name).stem:26} {daemon_peak_rss(name) / 1024:10.1f}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=500, help="samples per operation")
@@ -122,6 +179,8 @@ def main() -> int:
     print(f"{'khofs mount to live mount':28} {mm:10.1f} {p99(mounts):9.1f}"
           f"   (median of {len(mounts)})")
     results["mount"] = {"median_us": mm, "p99_us": p99(mounts)}
+    print()
+    print("\n".join(machine_rows(20)))
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -81,6 +81,8 @@ class Debugfs:
     def _create(self, name: str, parent: Dentry | None, mode: int,
                 fops: FileOps | None) -> Dentry | int:
         parent = parent or self.root
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            return -errno.EACCES  # lookup_one_len refuses the name
         with self.lock:
             if parent.removed:
                 return -errno.ENOENT

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from khofs.engine.kexec import Handover
 from khofs.engine.machine import GiB, KiB, Machine, MiB
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ACCESSIBLE,
@@ -49,8 +50,10 @@ class Reservation:
 class Boot:
     """The reserving part of setup_arch and start_kernel for one machine."""
 
-    def __init__(self, machine: Machine, memblock: Memblock, log: Printk) -> None:
+    def __init__(self, machine: Machine, memblock: Memblock, log: Printk,
+                 loaded: Handover | None = None) -> None:
         self.machine = machine
+        self.loaded = loaded  # after kexec: where the previous kernel put our segments
         self.arch = machine.arch
         self.mb = memblock
         self.log = log
@@ -86,23 +89,37 @@ class Boot:
         arm64_memblock_init a plain memblock_reserve of the image, and
         early_init_fdt_reserve_self the device tree QEMU put at the start of RAM."""
         start = self.machine.dram_start
+        image = self._segment("kernel", self.arch.kernel_base(start), self.machine.kernel_size)
         self._reserve("kernel image", "early_reserve_memory" if self.x86 else
-                      "arm64_memblock_init", self.arch.kernel_base(start),
-                      self.machine.kernel_size, self.arch.kernel_image_is_kern)
+                      "arm64_memblock_init", *image, self.arch.kernel_image_is_kern)
         if self.x86:
             self._reserve("first 1 MiB (BIOS, real mode)", "reserve_real_mode", 0, MiB, False)
         else:
-            self._reserve("device tree blob", "early_init_fdt_reserve_self", start, MiB, False)
+            dtb = self._segment("device tree", start, MiB)
+            self._reserve("device tree blob", "early_init_fdt_reserve_self", *dtb, False)
+
+    def _segment(self, what: str, base: int, size: int) -> tuple[int, int]:
+        """Where a loaded piece is: its kexec segment after kexec, else the cold-boot spot."""
+        seg = self.loaded.segment(what) if self.loaded else None
+        return (seg.mem, seg.memsz) if seg else (base, size)
 
     def reserve_initrd(self) -> None:
         """Where the boot loader put the initrd: x86 boot loaders at the top of RAM below
         2 GiB (initrd_addr_max); QEMU's arm loader min(RAM / 2, 128 MiB) into RAM."""
         size = round_up(self.machine.initrd_size, self.arch.page_size)
+        if self.loaded is not None:
+            seg = self.loaded.segment("initrd")
+            if seg:
+                self._reserve("initrd", "early_reserve_initrd" if self.x86 else
+                              "arm64_memblock_init", seg.mem, seg.memsz, False)
+            return
         if not size:
             return
         if self.x86:
-            top = max(min(end, 2 * GiB) for node in self.machine.nodes
-                      for start, end in node.ranges if start < 2 * GiB)
+            # no RAM below 2 GiB: the loader has nowhere better than the top of RAM
+            top = max((min(end, 2 * GiB) for node in self.machine.nodes
+                       for start, end in node.ranges if start < 2 * GiB),
+                      default=self.machine.dram_end)
             base = round_down(top - size, self.arch.page_size)
         else:
             base = self.machine.dram_start + min(self.machine.memory_size // 2, 128 * MiB)
@@ -256,9 +273,9 @@ class Boot:
 
 
 def boot_reservations(machine: Machine, memblock: Memblock, params: BootParams,
-                      log: Printk) -> list[Reservation]:
+                      log: Printk, loaded: Handover | None = None) -> list[Reservation]:
     """Everything reserved before kho_memory_init, in the kernel's order."""
-    boot = Boot(machine, memblock, log)
+    boot = Boot(machine, memblock, log, loaded)
     boot.early_reserve_memory()
     boot.reserve_initrd()
     # init_mem_mapping maps all RAM (its few page tables come from the image's brk) and

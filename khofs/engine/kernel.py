@@ -1,64 +1,100 @@
 """One boot of the emulated kernel, in the order a real boot runs the pieces KHO touches.
 
-start_kernel: parse_early_param -> setup_arch (memblock, boot reservations) -> mm_core_init
-(kho_memory_init: kho_reserve_scratch; memblock_free_all) -> initcalls (drivers register
-their KHO notifiers; kho_init as a late_initcall builds kho/ in debugfs).
+start_kernel: parse_early_param -> setup_arch (memblock, kho_populate when kexec'd with a
+handover, boot reservations) -> mm_core_init (kho_memory_init: the old scratch table and
+preserved memory, or kho_reserve_scratch on a cold boot; memblock_free_all) -> initcalls
+(drivers register their KHO notifiers; kho_init as a late_initcall builds kho/ in debugfs).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 from khofs.debugfs.inode import Debugfs
 from khofs.engine.boot import boot_reservations
 from khofs.engine.cmdline import parse_cmdline
-from khofs.engine.kho import KhoContext, KhoOut
+from khofs.engine.kexec import Handover
+from khofs.engine.kho import KhoContext, KhoIn, KhoOut
+from khofs.engine.kho_in import kho_memory_init, kho_populate
 from khofs.engine.machine import Machine
 from khofs.engine.memblock import Memblock
 from khofs.engine.page_alloc import PageAllocator
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk, Record
-from khofs.engine.producer import ConfigProducer, ProducerSpec
-from khofs.engine.scratch import kho_reserve_scratch
+from khofs.engine.producer import ConfigProducer, Producer, ProducerSpec
+from khofs.engine.scratch import KernTotals, KhoScratch, kho_reserve_scratch
 from khofs.engine.slab import Kmalloc
+
+ProducerFactory = Callable[[], Producer]
 
 
 class Kernel:
-    """The emulated machine after boot: its debugfs, its KHO state and its log."""
+    """The emulated machine after one boot: its debugfs, its KHO state and its log."""
 
     def __init__(self, machine: Machine, cmdline: str = "kho=on",
-                 producers: Sequence[ProducerSpec] = (), *, uid: int = 0, gid: int = 0,
-                 log_sink: Callable[[Record], None] | None = None) -> None:
+                 producers: Sequence[ProducerSpec | ProducerFactory] = (), *, uid: int = 0,
+                 gid: int = 0, log_sink: Callable[[Record], None] | None = None,
+                 mem: PhysMem | None = None, handover: Handover | None = None,
+                 boot_number: int = 1, seed: int = 0) -> None:
         self.machine = machine
+        self.boot_number = boot_number
+        self.rng = random.Random(f"khofs:{seed}:{boot_number}")
         self.log = Printk(log_sink)
         self.params = parse_cmdline(cmdline, self.log)
-        self.memblock = Memblock(machine.arch.page_size)
+        page_size = machine.arch.page_size
+        self.mem = mem if mem is not None else PhysMem(page_size)
+        self.memblock = Memblock(page_size)
         for node in machine.nodes:
             for start, end in node.ranges:
                 self.memblock.add(start, end - start, node.nid)
-        self.reservations = boot_reservations(machine, self.memblock, self.params, self.log)
-        scratch = None
-        if self.params.kho:
-            scratch = kho_reserve_scratch(machine, self.memblock, self.params.scratch)
-        self.kho_enabled = scratch is not None
+        self.handover = handover
+        self.kho_in: KhoIn | None = None
+        if handover is not None:
+            self.kho_in = kho_populate(handover, self.mem, self.memblock, self.log)
+        self.reservations = boot_reservations(machine, self.memblock, self.params, self.log,
+                                              handover)
+        self.reserved_mem = [(r.what.removeprefix("reserve_mem "), r.base, r.size)
+                             for r in self.reservations if r.func == "reserve_mem"]
+        self.kern_totals = KernTotals.of(machine, self.memblock)
+        scratch = self._kho_memory_init()
+        self.kho_enabled = self.params.kho and scratch is not None
         self.scratch = scratch or []
-        page_size = machine.arch.page_size
         self.pages = PageAllocator(self.memblock, self.scratch, page_size)
-        self.mem = PhysMem(page_size)
+        if handover is not None:
+            self._scrub()
         self.slab = Kmalloc(self.pages, page_size)
         self.debugfs = Debugfs(uid, gid)
         ctx = KhoContext(self.mem, self.pages, self.slab, self.debugfs, self.log)
         self.kho = KhoOut(ctx, self.scratch)
-        self.producers = [ConfigProducer(spec, self.kho) for spec in producers]
+        self.producers = [ConfigProducer(p) if isinstance(p, ProducerSpec) else p()
+                          for p in producers]
         if self.kho_enabled:
             self._initcalls()
+
+    def _kho_memory_init(self) -> list[KhoScratch] | None:
+        """kho_memory_init: the previous kernel's scratch areas and preserved memory when
+        it handed over, else (KHO on) new scratch areas."""
+        if self.kho_in is not None and self.handover is not None:
+            return kho_memory_init(self.kho_in, self.handover, self.memblock, self.log)
+        if self.params.kho:
+            return kho_reserve_scratch(self.machine, self.memblock, self.params.scratch)
+        return None
+
+    def _scrub(self) -> None:
+        """What kexec does to memory nobody preserved: the new kernel and its users take it
+        over, so whatever the old kernel left there is garbage to whoever looks next."""
+        reserved = [(r.base, r.end) for r in self.memblock.reserved.regions]
+        for phys in self.mem.touched():
+            if not any(start <= phys < end for start, end in reserved):
+                self.mem.write(phys, self.rng.randbytes(self.mem.page_size))
 
     def _initcalls(self) -> None:
         """Drivers' module_init, then kho_init (late_initcall)."""
         for producer in self.producers:
-            err = producer.init()
+            err = producer.init(self)
             if err:
-                self.log.err(f"khofs: producer {producer.spec.name}: init failed: {err}")
-        if self.kho.init():
+                self.log.err(f"khofs: producer {producer.name}: init failed: {err}")
+        if self.kho.init(self.kho_in):
             # kho_init: err_free_fdt / err_free_scratch, then kho_enable = false (silently)
             self.kho_enabled = False

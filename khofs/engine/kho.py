@@ -22,6 +22,7 @@ from khofs.engine.physmem import PhysMem, PhysRange
 from khofs.engine.printk import Printk
 from khofs.engine.scratch import KhoScratch
 from khofs.engine.slab import Kmalloc, PageSource
+from khofs.lib.fdt_ro import FdtNode
 from khofs.lib.libfdt import FdtSw, fdt_totalsize
 
 KEXEC_KHO_FINALIZE = 0
@@ -132,9 +133,37 @@ class KhoOut:
         self.ser.fdt_list.clear()
         return 0
 
-    def _scratch_show(self, attr: str) -> str:
+    def scratch_show(self, attr: str) -> str:
         """scratch_phys_show / scratch_len_show: one "0x%llx" line per entry."""
         return "".join(f"0x{getattr(s, attr):x}\n" for s in self.scratch)
+
+    def in_debugfs_init(self, kho_in: KhoIn) -> int:
+        """kho_in_debugfs_init: kho/in/sub_fdts, kho/in/fdt, then a blob per root sub-node
+        with an 8-byte `fdt` property (others are skipped, with a warning for a bad length)."""
+        fs, log = self.ctx.debugfs, self.ctx.log
+        in_dir = fs.create_dir("in", self.debugfs_root)
+        if isinstance(in_dir, int):
+            return in_dir
+        sub_fdts = fs.create_dir("sub_fdts", in_dir)
+        err = sub_fdts if isinstance(sub_fdts, int) else self._debugfs_fdt_add(
+            kho_in.fdt_list, in_dir, "fdt", kho_in.fdt_phys)
+        if err:
+            fs.remove(in_dir)
+            return err
+        assert not isinstance(sub_fdts, int)
+        for child in kho_in.root.children:
+            prop = child.getprop(PROP_SUB_FDT)
+            if prop is None:
+                continue
+            if len(prop) != 8:
+                log.warn(f"KHO: node `{child.name}`'s prop `fdt` has invalid length: "
+                         f"{len(prop)}")
+                continue
+            phys = struct.unpack("<Q", prop)[0]
+            err = self._debugfs_fdt_add(kho_in.fdt_list, sub_fdts, child.name, phys)
+            if err:
+                log.warn(f"KHO: failed to add fdt `{child.name}` to debugfs: {err}")
+        return 0
 
     def debugfs_init(self) -> int:
         """kho_init's debugfs part with kho_out_debugfs_init, in the kernel's order."""
@@ -148,8 +177,8 @@ class KhoOut:
         entries = [
             fs.create_dir("sub_fdts", out),
             fs.create_file("scratch_phys", 0o400, out,
-                           SeqShow(lambda: self._scratch_show("addr"))),
-            fs.create_file("scratch_len", 0o400, out, SeqShow(lambda: self._scratch_show("size"))),
+                           SeqShow(lambda: self.scratch_show("addr"))),
+            fs.create_file("scratch_len", 0o400, out, SeqShow(lambda: self.scratch_show("size"))),
             fs.create_file("finalize", 0o600, out, SimpleAttr(self.finalize_get,
                                                               self.finalize_set)),
         ]
@@ -163,14 +192,21 @@ class KhoOut:
         self.ser.sub_fdt_dir = sub_fdts
         return 0
 
-    def init(self) -> int:
-        """kho_init (late_initcall): the root FDT page, then the debugfs tree."""
+    def init(self, kho_in: KhoIn | None = None) -> int:
+        """kho_init (late_initcall): the root FDT page, the debugfs tree, and kho/in when
+        there is a handover (failing to show it does not stop the boot)."""
         page = self.ctx.pages.alloc_pages(0)
         if not page:
             return -errno.ENOMEM
         view = self.ctx.mem.page_view(page)
         self.ser = KhoSerialization(page, FdtSw(view))
-        return self.debugfs_init()
+        err = self.debugfs_init()
+        if err or kho_in is None:
+            return err
+        err = self.in_debugfs_init(kho_in)
+        if err:
+            self.ctx.log.err(f"KHO: failed exposing handover FDT in debugfs: {err}")
+        return 0
 
     # --- finalize and abort ------------------------------------------------------------
 
@@ -243,3 +279,40 @@ class KhoOut:
                 return ret
             self.finalized = val
             return self._update_debugfs_fdt()
+
+
+MAX_PAGE_ORDER = 10
+
+
+class KhoIn:
+    """struct kho_in, filled by kho_populate: the incoming root FDT, the scratch table, and
+    page->private of every preserved block (kho_mem_deserialize), for kho_restore_folio."""
+
+    def __init__(self, mem: PhysMem, fdt_phys: int, scratch_phys: int, root: FdtNode,
+                 ram: list[tuple[int, int]]) -> None:
+        self.mem = mem
+        self.fdt_phys = fdt_phys
+        self.scratch_phys = scratch_phys
+        self.root = root
+        self.ram = ram
+        self.orders: dict[int, int] = {}  # phys -> order, as deserialize_bitmap sets it
+        self.fdt_list: list[FdtDebugfs] = []
+
+    def retrieve_subtree(self, name: str) -> tuple[int, int]:
+        """kho_retrieve_subtree: (0, the sub-FDT's address) or (-ENOENT / -EINVAL, 0)."""
+        node = self.root.subnode(name)
+        if node is None:
+            return -errno.ENOENT, 0
+        prop = node.getprop(PROP_SUB_FDT)
+        if prop is None or len(prop) != 8:
+            return -errno.EINVAL, 0
+        return 0, struct.unpack("<Q", prop)[0]
+
+    def restore_folio(self, phys: int) -> int | None:
+        """kho_restore_folio: the folio's order from page->private, which is 0 for any page
+        deserialize did not mark (so an unpreserved page "restores" as order 0, as in 6.16);
+        None when phys is not RAM or the order is impossible."""
+        if not any(start <= phys < end for start, end in self.ram):
+            return None
+        order = self.orders.get(phys - phys % self.mem.page_size, 0)
+        return None if order > MAX_PAGE_ORDER else order

@@ -9,6 +9,7 @@ sums for the KHO scratch formula. Addresses are plain ints: a multi-TiB machine 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,31 +71,36 @@ class MemblockType:
         return sum(r.size for r in self.regions)
 
     def add_range(self, base: int, size: int, nid: int, flags: int) -> None:
-        """memblock_add_range: insert the parts not already covered, then merge."""
+        """memblock_add_range: insert the parts not already covered, then merge them with
+        their neighbours (regions are sorted by base, so by end too: bisect finds the spot)."""
         end = base + size
-        pos = base
-        new: list[Region] = []
-        for r in self.regions:
-            if r.end <= pos or r.base >= end:
-                continue
+        lo = bisect.bisect_right(self.regions, base, key=lambda r: r.end)
+        i, pos = lo, base
+        while i < len(self.regions) and self.regions[i].base < end:
+            r = self.regions[i]
             if r.base > pos:
-                new.append(Region(pos, r.base - pos, nid, flags))
+                self.regions.insert(i, Region(pos, r.base - pos, nid, flags))
+                i += 1
             pos = max(pos, r.end)
+            i += 1
         if pos < end:
-            new.append(Region(pos, end - pos, nid, flags))
-        self.regions = sorted(self.regions + new, key=lambda r: r.base)
-        self._merge()
+            self.regions.insert(i, Region(pos, end - pos, nid, flags))
+            i += 1
+        self._merge(max(lo - 1, 0), i + 1)
 
-    def _merge(self) -> None:
-        """memblock_merge_regions: adjacent regions of one node and the same flags."""
-        merged: list[Region] = []
-        for r in self.regions:
-            last = merged[-1] if merged else None
-            if last and last.end == r.base and (last.nid, last.flags) == (r.nid, r.flags):
-                last.size += r.size
+    def _merge(self, lo: int = 0, hi: int | None = None) -> None:
+        """memblock_merge_regions over regions[lo:hi]: adjacent, one node, the same flags."""
+        regions = self.regions
+        i = lo
+        stop = len(regions) if hi is None else min(hi, len(regions))
+        while i + 1 < stop:
+            a, b = regions[i], regions[i + 1]
+            if a.end == b.base and (a.nid, a.flags) == (b.nid, b.flags):
+                a.size += b.size
+                del regions[i + 1]
+                stop -= 1
             else:
-                merged.append(Region(r.base, r.size, r.nid, r.flags))
-        self.regions = merged
+                i += 1
 
     def _isolate(self, base: int, size: int) -> list[Region]:
         """memblock_isolate_range: split regions at both ends; return those inside."""

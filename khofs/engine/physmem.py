@@ -53,6 +53,18 @@ class PhysMem:
             elif pfn in self._pages:
                 self._pages[pfn][off:off + n] = bytes(n)
 
+    def pages(self) -> dict[int, bytes]:
+        """Every written page by address: RAM as a RAM image holds it."""
+        return {pfn * self.page_size: bytes(page) for pfn, page in self._pages.items()}
+
+    def load_pages(self, pages: dict[int, bytes]) -> None:
+        for phys, data in pages.items():
+            self._pages[phys // self.page_size] = bytearray(data)
+
+    def touched(self) -> list[int]:
+        """The address of every page something wrote (the only ones not all zero)."""
+        return [pfn * self.page_size for pfn in self._pages]
+
     def page_view(self, phys: int) -> memoryview:
         """A writable view of one whole page, for code that builds data in place (libfdt)."""
         assert phys % self.page_size == 0

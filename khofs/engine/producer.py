@@ -8,11 +8,23 @@ told to fail FINALIZE or ABORT with a given errno, to exercise the kernel's erro
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
+from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
 from khofs.engine.notifier import NOTIFY_DONE, notifier_from_errno
 from khofs.engine.slab import get_order
+
+if TYPE_CHECKING:
+    from khofs.engine.kernel import Kernel
+
+
+class Producer(Protocol):
+    """A KHO user: its module init runs at every boot, before kho_init."""
+
+    name: str
+
+    def init(self, kernel: Kernel) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -26,22 +38,23 @@ class ProducerSpec:
     fail_abort: int = 0
 
 
-@dataclass
 class ConfigProducer:
     """A notifier block whose sub-FDT lives in pages it allocated at its init."""
 
-    spec: ProducerSpec
-    kho: KhoOut
-    fdt_phys: int = 0
-    order: int = 0
-    priority: int = 0
-    log: list[str] = field(default_factory=list)
+    priority = 0
 
-    def init(self) -> int:
+    def __init__(self, spec: ProducerSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.fdt_phys = 0
+        self.order = 0
+
+    def init(self, kernel: Kernel) -> int:
         """The module init: allocate and fill the sub-FDT pages, register the notifier."""
-        mem = self.kho.ctx.mem
+        self.kho = kernel.kho
+        mem = kernel.mem
         self.order = get_order(len(self.spec.fdt), mem.page_size)
-        self.fdt_phys = self.kho.ctx.pages.alloc_pages(self.order)
+        self.fdt_phys = kernel.pages.alloc_pages(self.order)
         if not self.fdt_phys:
             return -errno.ENOMEM
         mem.write(self.fdt_phys, self.spec.fdt)

@@ -34,12 +34,20 @@ class KhoScratch:
 
 
 @dataclass(frozen=True)
-class ScratchSizes:
-    """scratch_size_lowmem, scratch_size_global and each node's size after the update."""
+class KernTotals:
+    """memblock_reserved_kern_size as the scratch formula reads it, before any area is
+    reserved: below ARCH_LOW_ADDRESS_LIMIT, anywhere, and per node."""
 
-    lowmem: int
-    global_: int
-    nodes: tuple[int, ...]
+    low: int
+    all: int
+    nodes: dict[int, int]
+
+    @classmethod
+    def of(cls, machine: Machine, memblock: Memblock) -> KernTotals:
+        return cls(memblock.reserved_kern_size(machine.low_limit, NUMA_NO_NODE),
+                   memblock.reserved_kern_size(MEMBLOCK_ALLOC_ANYWHERE, NUMA_NO_NODE),
+                   {n.nid: memblock.reserved_kern_size(MEMBLOCK_ALLOC_ANYWHERE, n.nid)
+                    for n in machine.nodes})
 
 
 def scratch_size_update(params: ScratchParams, memblock: Memblock, low_limit: int,

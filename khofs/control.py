@@ -1,0 +1,281 @@
+"""The daemon's private control channel: a Unix socket beside its pid file.
+
+`khofs kexec` and `khofs log` talk to the daemon serving a mount through it, so the debugfs
+tree stays exactly the kernel's. The socket is mode 0600 in the per-user runtime directory,
+and the daemon also checks SO_PEERCRED: a peer whose uid is not the daemon's gets one refusal
+line, and the refusal goes to the daemon's log.
+
+The protocol is one JSON object per line, each way:
+
+    {"op": "kexec", "load": bool, "exec": bool, "append": str|null, "command_line": str|null,
+     "image_size": int|null, "initrd_size": int, "to": str|null}
+        -> {"status": 0} | {"status": 1, "error": "one line"}
+    {"op": "log", "follow": bool}
+        -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
+           (a follow stream ends when the daemon stops, as the connection closes)
+    refused, malformed or unknown -> {"status": 1, "error": "one line"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+log = logging.getLogger("khofs.control")
+
+# libfuse's handlers end the FUSE loop only when they run on the main thread; keep them off
+# ours (a process-directed SIGTERM may land on any thread that does not block it).
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+FOLLOW_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class KexecRequest:
+    """`kexec -s -l` (load) then `kexec -e` (execute); to: execute into another process."""
+
+    load: bool = True
+    execute: bool = True
+    append: str | None = None  # --reuse-cmdline --append
+    command_line: str | None = None  # --command-line: exactly this
+    image_size: int | None = None  # None: the machine's kernel_size
+    initrd_size: int = 0
+    to: str | None = None
+
+
+class Host(Protocol):
+    """What the daemon offers the channel."""
+
+    def kexec(self, request: KexecRequest) -> tuple[int, str]: ...
+
+    def log_lines(self, start: int) -> list[str]: ...
+
+    def wait_log(self, count: int, timeout: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ControlError(Exception):
+    """A client-side failure: the message is the whole line (exit status 1)."""
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """SO_PEERCRED: (pid, uid, gid) of the process that connected."""
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+def _send(conn: socket.socket, *messages: dict[str, Any]) -> None:
+    conn.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+
+
+def _block_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+# --- the daemon's side ------------------------------------------------------------------
+
+class ControlServer:
+    """Listens on path; one thread per connection."""
+
+    def __init__(self, path: Path, host: Host) -> None:
+        self.path = path
+        self.host = host
+        self.sock: socket.socket | None = None
+        self._lingering: list[socket.socket] = []
+
+    def start(self) -> None:
+        """Bind (replacing a socket a killed daemon left), chmod 0600, listen, accept."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.path.unlink(missing_ok=True)
+            old = os.umask(0o177)
+            try:
+                sock.bind(os.fspath(self.path))
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise RuntimeError(f"control socket {self.path}: {e.strerror or e}") from None
+        self.sock = sock
+        threading.Thread(target=self._accept, name="khofs-control", daemon=True).start()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        _block_stop_signals()  # inherited by the connection threads
+        while self.sock is not None:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True,
+                             name="khofs-control-conn").start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            if self._admit(conn):
+                self._serve(conn)
+        except OSError:
+            pass  # the client went away
+        except Exception:
+            log.exception("control: request failed")
+        finally:
+            if conn not in self._lingering:
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> bool:
+        pid, uid, _ = peer_credentials(conn)
+        if uid == os.getuid():
+            return True
+        log.warning("khofs: control: refused a connection from uid %d (pid %d): only uid %d "
+                    "may use this daemon", uid, pid, os.getuid())
+        _send(conn, {"status": 1, "error": "Permission denied: not the daemon's user"})
+        return False
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn.makefile("rb") as f:
+            line = f.readline(1 << 16)
+        try:
+            req = json.loads(line)
+            op = req["op"] if isinstance(req, dict) else None
+        except (ValueError, KeyError):
+            op = None
+        if op == "kexec":
+            self._kexec(conn, req)
+        elif op == "log":
+            self._log(conn, bool(req.get("follow")))
+        else:
+            _send(conn, {"status": 1, "error": "bad control request"})
+
+    def _kexec(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        request = parse_kexec(req)
+        if request is None:
+            _send(conn, {"status": 1, "error": "bad kexec request"})
+            return
+        status, error = self.host.kexec(request)
+        _send(conn, {"status": status, "error": error} if status else {"status": 0})
+        if status == 0 and request.execute and request.to is not None:
+            # kexec'd into another process: the client waits for this connection to close,
+            # which happens when the daemon has unmounted and exited.
+            self._lingering.append(conn)
+            self.host.stop()
+
+    def _log(self, conn: socket.socket, follow: bool) -> None:
+        sent = 0
+        while True:
+            lines = self.host.log_lines(sent)
+            if lines:
+                _send(conn, *({"line": ln} for ln in lines))
+                sent += len(lines)
+            if not follow:
+                _send(conn, {"end": True})
+                return
+            if _peer_closed(conn):
+                return
+            self.host.wait_log(sent, FOLLOW_POLL)
+
+
+def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
+    """A KexecRequest from its JSON form, or None if a field has the wrong type."""
+    def opt(key: str, kind: type) -> bool:
+        return req.get(key) is None or isinstance(req.get(key), kind)
+
+    sizes_ok = all(opt(k, int) and not isinstance(req.get(k), bool)
+                   for k in ("image_size", "initrd_size"))
+    if not (sizes_ok and all(opt(k, str) for k in ("append", "command_line", "to"))
+            and all(isinstance(req.get(k), bool) for k in ("load", "exec"))):
+        return None
+    return KexecRequest(req["load"], req["exec"], req.get("append"), req.get("command_line"),
+                        req.get("image_size"), req.get("initrd_size") or 0, req.get("to"))
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    if not select.select([conn], [], [], 0)[0]:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+# --- the client's side ------------------------------------------------------------------
+
+def connect(path: Path, mountpoint: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.fspath(path))
+    except FileNotFoundError:
+        sock.close()
+        raise ControlError(f"{mountpoint}: its khofs daemon is gone (no control socket "
+                           f"{path})") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise ControlError(f"{mountpoint}: its khofs daemon is gone (control socket {path}: "
+                           "Connection refused)") from None
+    except OSError as e:
+        sock.close()
+        raise ControlError(f"{mountpoint}: control socket {path}: {e.strerror or e}") from None
+    return sock
+
+
+def _messages(f: IO[bytes], mountpoint: str) -> Any:
+    """The daemon's replies, one JSON object per line, until it closes the connection."""
+    for line in f:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise ControlError(f"{mountpoint}: unreadable reply from the daemon") from None
+        if not isinstance(msg, dict):
+            raise ControlError(f"{mountpoint}: unreadable reply from the daemon")
+        if msg.get("status"):
+            raise ControlError(str(msg.get("error", "failed")))
+        yield msg
+
+
+def kexec(path: Path, mountpoint: str, request: KexecRequest,
+          wait_unmounted: Callable[[], None]) -> None:
+    """Run a kexec request; ControlError with the daemon's one line when it fails. After a
+    kexec into another process, waits for the daemon to exit, then for the unmount."""
+    doc = {"op": "kexec", "load": request.load, "exec": request.execute,
+           "append": request.append, "command_line": request.command_line,
+           "image_size": request.image_size, "initrd_size": request.initrd_size,
+           "to": request.to}
+    with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
+        _send(sock, doc)
+        for _ in _messages(f, mountpoint):
+            if not (request.execute and request.to is not None):
+                return
+            for _ in f:  # the daemon closes the connection when it exits
+                pass
+            wait_unmounted()
+            return
+    raise ControlError(f"{mountpoint}: the daemon stopped before answering")
+
+
+def stream_log(path: Path, mountpoint: str, follow: bool, out: Callable[[str], None]) -> None:
+    """Pass each log line to out; returns at the end (or, following, when the daemon stops)."""
+    with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
+        _send(sock, {"op": "log", "follow": follow})
+        for msg in _messages(f, mountpoint):
+            if msg.get("end"):
+                return
+            out(str(msg.get("line", "")))
+    if not follow:
+        raise ControlError(f"{mountpoint}: the daemon stopped before answering")

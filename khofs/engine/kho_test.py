@@ -1,0 +1,346 @@
+"""The kernel's KHO test module, lib/test_kho.c as in Linux 6.17, built in (test_kho).
+
+On a boot without an incoming "kho_test" sub-tree (kho_test_save) it allocates folios of random
+orders up to max_mem (2 * PAGE_SIZE << MAX_PAGE_ORDER: 8 MiB with 4 KiB pages), fills them with
+random bytes, checksums them with csum_partial, builds its sub-FDT in its own folio, preserves
+every data folio right away, and registers a notifier that on FINALIZE preserves the FDT folio
+and adds the sub-tree. After a kexec that handed it over (kho_test_restore) it checks the
+sub-FDT, restores every folio, recomputes the checksum and, only when everything matches, logs
+"test_kho: KHO restore succeeded". 6.17 has no failure line, returns without saving anew (so the
+boot after a restore hands no kho_test over) and never unpreserves anything on an error path.
+
+The second part of this file is khofs's own: the fill patterns that config producers write into
+their ranges (`fill`, `forget`) and check after a kexec, to show what preservation keeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import struct
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
+from khofs.engine.machine import Arch, KiB
+from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE
+from khofs.engine.physmem import PhysMem
+from khofs.engine.printk import Printk
+from khofs.engine.slab import get_order
+from khofs.lib.fdt_ro import FdtNode, fdt_check_header, fdt_parse
+from khofs.lib.libfdt import FdtSw, fdt_totalsize
+
+if TYPE_CHECKING:
+    from khofs.engine.kernel import Kernel
+
+PR_FMT = "test_kho: "  # pr_fmt: KBUILD_MODNAME ": " for lib/test_kho.c
+KHO_TEST_MAGIC = 0x4B484F21  # "KHO!"
+KHO_TEST_FDT = "kho_test"
+KHO_TEST_COMPAT = "kho-test-v1"
+U32 = struct.Struct("<I")  # unsigned int and __wsum, as the CPU stores them (little-endian)
+U64 = struct.Struct("<Q")  # phys_addr_t
+MAX_SUB_FDT_READ = 16 << 20  # what khofs reads of a sub-FDT whose header claims more
+
+
+def max_page_order(arch: Arch) -> int:
+    """MAX_PAGE_ORDER: 10 on x86-64; arm64's ARCH_FORCE_MAX_ORDER is 10, 11 or 13 for
+    4K, 16K and 64K pages."""
+    if arch.name == "arm64":
+        return {16 * KiB: 11, 64 * KiB: 13}.get(arch.page_size, 10)
+    return 10
+
+
+def default_max_mem(arch: Arch) -> int:
+    """The max_mem module parameter's default: (PAGE_SIZE << MAX_PAGE_ORDER) * 2."""
+    return (arch.page_size << max_page_order(arch)) * 2
+
+
+# --- csum_partial -------------------------------------------------------------------------
+#
+# Both implementations add the buffer as little-endian words with end-around carry (a
+# ones'-complement sum) and fold the result, so their value depends only on the buffer read as
+# one little-endian integer modulo 2^k - 1, except that a sum of nothing but zeros stays 0.
+# This holds for the whole-page, page-aligned buffers test_kho hands them.
+
+
+def _end_around(total: int, modulus: int) -> int:
+    """An end-around-carry sum of non-negative parts: 0 only when every part is 0."""
+    return 0 if total == 0 else (total - 1) % modulus + 1
+
+
+def csum_partial(arch: Arch, data: bytes, wsum: int) -> int:
+    """csum_partial(buff, len, sum) for a page-aligned buffer: the 32-bit __wsum.
+
+    x86-64 (arch/x86/lib/csum-partial_64.c) adds 64-bit words into a 64-bit accumulator that
+    starts at `sum`, then folds it to 32 bits (csum_finalize_sum). arm64 uses the generic
+    csum_partial (lib/checksum.c) around its own do_csum (arch/arm64/lib/csum.c), which folds
+    the buffer alone down to 16 bits; `sum` is then added with one end-around carry."""
+    value = int.from_bytes(data, "little")
+    if arch.name == "x86_64":
+        return _end_around(wsum + value, 0xFFFFFFFF)
+    result = wsum + _end_around(value, 0xFFFF)
+    return result - 0xFFFFFFFF if result > 0xFFFFFFFF else result
+
+
+# --- the module ---------------------------------------------------------------------------
+
+
+class KhoTest:
+    """lib/test_kho.c: kho_test_init and its notifier block (kho_test_nb, priority 0)."""
+
+    name = KHO_TEST_FDT
+    priority = 0
+
+    def __init__(self, max_mem: int | None = None) -> None:
+        if max_mem is not None and max_mem < 0:
+            raise ValueError(f"test_kho.max_mem must not be negative, got {max_mem}")
+        self.max_mem = max_mem  # the module parameter; None: its default for the arch
+        self.folios: list[tuple[int, int]] = []  # state->folios: (phys, order)
+        self.csum = 0
+        self.fdt_phys = 0  # state->fdt
+        self.fdt_order = 0
+        self.kho: KhoOut | None = None
+        self.restored: bool | None = None  # after a kexec: whether the restore succeeded
+
+    def init(self, kernel: Kernel) -> int:
+        """kho_test_init: restore what came in, else generate, preserve and register."""
+        err, fdt_phys = (kernel.kho_in.retrieve_subtree(KHO_TEST_FDT)
+                         if kernel.kho_in is not None else (-errno.ENOENT, 0))
+        if not err:
+            err = self._restore(kernel, fdt_phys)
+            self.restored = not err
+            return err
+        if err != -errno.ENOENT:
+            kernel.log.warn(f"{PR_FMT}failed to retrieve {KHO_TEST_FDT} FDT: {err}")
+            return err
+        return self._save(kernel)
+
+    # --- saving (the first kernel) ------------------------------------------------------
+
+    def _save(self, kernel: Kernel) -> int:
+        """kho_test_save. Its error paths free only the folio pointer array: data folios
+        stay allocated and whatever was preserved stays preserved, as in 6.17."""
+        arch = kernel.machine.arch
+        page = arch.page_size
+        max_mem = self.max_mem if self.max_mem is not None else default_max_mem(arch)
+        max_mem = -(-max_mem // page) * page  # PAGE_ALIGN
+        array_size = (max_mem // page) * U64.size  # kvmalloc_array(max_nr, sizeof(folio *))
+        array = kernel.slab.kmalloc(array_size) if array_size else 0
+        if array_size and not array:
+            return -errno.ENOMEM
+        self.kho = kernel.kho
+        err = self._generate_data(kernel, max_mem)
+        if not err:
+            err = self._prepare_fdt(kernel)
+        if not err:
+            err = kernel.kho.register_notifier(self)
+            if err:
+                kernel.pages.free_pages(self.fdt_phys, self.fdt_order)  # err_free_fdt
+        if err and array:
+            kernel.slab.kfree(array, array_size)  # err_free_folios: kvfree(folios)
+        return err
+
+    def _generate_data(self, kernel: Kernel, max_mem: int) -> int:
+        """kho_test_generate_data: random orders, random bytes, a running checksum."""
+        arch = kernel.machine.arch
+        page = arch.page_size
+        nr_page_orders = max_page_order(arch) + 1
+        alloc_size = 0
+        csum = 0
+        while alloc_size < max_mem:
+            order = kernel.rng.getrandbits(32) % nr_page_orders  # get_random_u32()
+            # get_order() rounds up: step one order down so that max_mem is never exceeded
+            if alloc_size + (page << order) > max_mem:
+                order = get_order(max_mem - alloc_size, page)
+                if order:
+                    order -= 1
+            size = page << order
+            phys = kernel.pages.alloc_pages(order)  # GFP_KERNEL | __GFP_NORETRY
+            if not phys:
+                for folio, folio_order in self.folios:
+                    kernel.pages.free_pages(folio, folio_order)
+                self.folios = []
+                return -errno.ENOMEM
+            self.folios.append((phys, order))
+            data = kernel.rng.randbytes(size)  # get_random_bytes()
+            kernel.mem.write(phys, data)
+            csum = csum_partial(arch, data, csum)
+            alloc_size += size
+        self.csum = csum
+        return 0
+
+    def _prepare_fdt(self, kernel: Kernel) -> int:
+        """kho_test_prepare_fdt: the sub-FDT in a folio of get_order(fdt_size), built in a
+        buffer of exactly fdt_size bytes. Errors are OR-ed as the C code does."""
+        page = kernel.mem.page_size
+        fdt_size = len(self.folios) * U64.size + page
+        self.fdt_order = get_order(fdt_size, page)
+        self.fdt_phys = kernel.pages.alloc_pages(self.fdt_order)
+        if not self.fdt_phys:
+            return -errno.ENOMEM
+        buf = bytearray(fdt_size)  # folio_alloc does not zero; fdt_create zeroes fdt_size
+        fdt = FdtSw(buf)
+        err = 0
+        err |= fdt.create(fdt_size)
+        err |= fdt.finish_reservemap()
+        err |= fdt.begin_node("")
+        err |= fdt.property("compatible", KHO_TEST_COMPAT.encode() + b"\0")
+        err |= fdt.property("magic", U32.pack(KHO_TEST_MAGIC))
+        err |= self._save_data(kernel, fdt)
+        err |= fdt.end_node()
+        err |= fdt.finish()
+        kernel.mem.write(self.fdt_phys, bytes(buf))
+        if err:
+            kernel.pages.free_pages(self.fdt_phys, self.fdt_order)  # folio_put(state->fdt)
+        return err
+
+    def _save_data(self, kernel: Kernel, fdt: FdtSw) -> int:
+        """kho_test_save_data: node "data" with folios_info as a placeholder filled in after,
+        then every data folio preserved (the loop stops at the first failure)."""
+        nr = len(self.folios)
+        err = 0
+        err |= fdt.begin_node("data")
+        err |= fdt.property("nr_folios", U32.pack(nr))
+        perr, info_off = fdt.property_placeholder("folios_info", nr * U64.size)
+        err |= perr
+        err |= fdt.property("csum", U32.pack(self.csum))
+        err |= fdt.end_node()
+        if err:
+            return err
+        for i, (phys, order) in enumerate(self.folios):
+            U64.pack_into(fdt.buf, info_off + i * U64.size, phys | order)
+            err = kernel.kho.preserve_folio(phys, order)
+            if err:
+                break
+        return err
+
+    def notifier_call(self, action: int, data: object) -> int:
+        """kho_test_notifier: FINALIZE preserves the FDT folio and adds the sub-tree; any
+        failure is a bare NOTIFY_BAD, which the finalize reports as EPERM."""
+        if action == KEXEC_KHO_ABORT:
+            return NOTIFY_DONE
+        if action != KEXEC_KHO_FINALIZE:
+            return NOTIFY_BAD
+        assert isinstance(data, KhoSerialization) and self.kho is not None
+        err = 0
+        err |= self.kho.preserve_folio(self.fdt_phys, self.fdt_order)
+        err |= self.kho.add_subtree(data, KHO_TEST_FDT, self.fdt_phys)
+        return NOTIFY_BAD if err else NOTIFY_DONE
+
+    # --- restoring (the kernel after kexec) -----------------------------------------------
+
+    def _restore(self, kernel: Kernel, fdt_phys: int) -> int:
+        """kho_test_restore: every check fails with EINVAL and logs nothing."""
+        root = read_sub_fdt(kernel.mem, fdt_phys)
+        if root is None or root.check_compatible(KHO_TEST_COMPAT):
+            return -errno.EINVAL
+        magic = root.getprop("magic")
+        if magic is None or len(magic) != U32.size or U32.unpack(magic)[0] != KHO_TEST_MAGIC:
+            return -errno.EINVAL
+        err = self._restore_data(kernel, root)
+        if err:
+            return err
+        kernel.log.info(f"{PR_FMT}KHO restore succeeded")
+        return 0
+
+    def _restore_data(self, kernel: Kernel, root: FdtNode) -> int:
+        """kho_test_restore_data: restore each folio (stopping at the first that is missing
+        or of another order), checksum it and put it; compare with the saved checksum."""
+        node = root.subnode("data")  # fdt_path_offset(fdt, "/data")
+        props = node.props if node is not None else {}
+        nr_raw, old_csum = props.get("nr_folios"), props.get("csum")
+        if nr_raw is None or len(nr_raw) != U32.size:
+            return -errno.EINVAL
+        if old_csum is None or len(old_csum) != U32.size:
+            return -errno.EINVAL
+        nr = U32.unpack(nr_raw)[0]
+        info = props.get("folios_info")
+        if info is None or len(info) != U64.size * nr:
+            return -errno.EINVAL
+        arch = kernel.machine.arch
+        page = arch.page_size
+        csum = 0
+        for (value,) in U64.iter_unpack(info):
+            order, phys = value & (page - 1), value & ~(page - 1)
+            if self._restore_folio(kernel, phys) != order:
+                break
+            data = kernel.mem.read(phys, (page << order) & 0xFFFFFFFF)  # unsigned int size
+            csum = csum_partial(arch, data, csum)
+            self._folio_put(kernel, phys, order)
+        return 0 if csum == U32.unpack(old_csum)[0] else -errno.EINVAL
+
+    @staticmethod
+    def _restore_folio(kernel: Kernel, phys: int) -> int | None:
+        """kho_restore_folio: the folio's order, or None when there is none."""
+        return kernel.kho_in.restore_folio(phys) if kernel.kho_in is not None else None
+
+    @staticmethod
+    def _folio_put(kernel: Kernel, phys: int, order: int) -> None:
+        """folio_put of a restored folio: back to the page allocator. khofs frees only a
+        block the handover really preserved at that order (and only once), so an edited
+        folios_info cannot hand out memory that is in use."""
+        kho_in = kernel.kho_in
+        if kho_in is not None and kho_in.orders.get(phys) == order:
+            del kho_in.orders[phys]
+            kernel.pages.free_pages(phys, order)
+
+
+def read_sub_fdt(mem: PhysMem, phys: int) -> FdtNode | None:
+    """The tree of the sub-FDT at phys, or None when libfdt would refuse it."""
+    head = mem.read(phys, 40)
+    if fdt_check_header(head):
+        return None
+    root = fdt_parse(mem.read(phys, min(fdt_totalsize(head), MAX_SUB_FDT_READ)))
+    return None if isinstance(root, int) else root
+
+
+# --- fill patterns for config producers (khofs's own) --------------------------------------
+
+FILL_CHUNK = 64 * KiB
+
+
+def fill_pattern(name: str, phys: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """The pattern of one range, chunk by chunk as (address, bytes): a byte stream seeded by
+    the producer's name and the range, the same in every run and on every boot."""
+    rng = random.Random(f"khofs-fill:{name}:{phys:#x}+{size:#x}")
+    for off in range(0, size, FILL_CHUNK):
+        n = min(FILL_CHUNK, size - off)
+        yield phys + off, rng.randbytes(n)
+
+
+def fill_ranges(mem: PhysMem, name: str, ranges: Sequence[tuple[int, int]]) -> None:
+    for phys, size in ranges:
+        for addr, data in fill_pattern(name, phys, size):
+            mem.write(addr, data)
+
+
+def first_corrupted(mem: PhysMem, name: str, ranges: Sequence[tuple[int, int]]) -> int | None:
+    """The lowest-addressed byte of the first range (in the order given) that no longer holds
+    its pattern, or None when every range is intact."""
+    for phys, size in ranges:
+        for addr, want in fill_pattern(name, phys, size):
+            got = mem.read(addr, len(want))
+            if got != want:
+                return addr + next(i for i, (a, b) in enumerate(zip(got, want, strict=True))
+                                   if a != b)
+    return None
+
+
+def check_and_fill(kernel: Kernel, name: str, preserve: Sequence[tuple[int, int]], fill: bool,
+                   forget: Sequence[tuple[int, int]]) -> None:
+    """A config producer's fill/forget work at its init: after a kexec that handed its
+    sub-tree over, check the pattern in its filled ranges (the preserved ones when `fill`,
+    then the forgotten ones) and log the result; then (re)write the pattern."""
+    ranges = [*(preserve if fill else ()), *forget]
+    if not ranges:
+        return
+    if kernel.kho_in is not None and not kernel.kho_in.retrieve_subtree(name)[0]:
+        log_check(kernel.log, name, first_corrupted(kernel.mem, name, ranges))
+    fill_ranges(kernel.mem, name, ranges)
+
+
+def log_check(log: Printk, name: str, bad: int | None) -> None:
+    if bad is None:
+        log.info(f"khofs: producer {name}: preserved memory intact")
+    else:
+        log.err(f"khofs: producer {name}: preserved memory corrupted at 0x{bad:x}")

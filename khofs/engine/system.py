@@ -1,0 +1,159 @@
+"""The emulated machine across kexecs: its RAM, its boots and their log, and a loaded image.
+
+`kexec_load` is `kexec -s -l` (kexec_file_load: with KHO on, kho_fill_kimage's scratch table
+segment first, then the image loader's segments, all inside scratch areas); `kexec_execute`
+is `kexec -e`: the segments are copied to their destinations and the next kernel boots in the
+same RAM with the handover. A `Handoff` carries all that to another process.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from khofs.engine.kernel import Kernel, ProducerFactory
+from khofs.engine.kexec import (
+    Handover,
+    Segment,
+    image_segments,
+    kexec_file_load,
+    pack_scratch_table,
+    scratch_table_buf,
+)
+from khofs.engine.machine import Machine
+from khofs.engine.physmem import PhysMem
+from khofs.engine.printk import Record
+from khofs.engine.producer import ProducerSpec
+
+LogSink = Callable[[int, Record], None]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A kimage after kexec_file_load: the handover and what to copy where at `kexec -e`."""
+
+    handover: Handover
+    contents: tuple[tuple[int, bytes], ...]
+
+
+@dataclass
+class Handoff:
+    """Everything the next kernel needs, to boot it in another process: RAM, the loaded
+    image, and the story so far."""
+
+    pages: dict[int, bytes]  # page address -> contents, for every page ever written
+    image: LoadedImage
+    boot_number: int  # of the kernel that loaded the image
+    records: list[tuple[int, Record]]
+    seed: int
+
+
+def format_record(boot: int, rec: Record) -> str:
+    """A `khofs log` line: the boot number, then the line as dmesg prints it."""
+    return f"[boot {boot}] {rec.format()}"
+
+
+class System:
+    def __init__(self, machine: Machine, cmdline: str,
+                 producers: Sequence[ProducerSpec | ProducerFactory] = (), *, seed: int = 0,
+                 uid: int = 0, gid: int = 0, log_sink: LogSink | None = None,
+                 handoff: Handoff | None = None) -> None:
+        self.machine = machine
+        self.producers = producers
+        self.seed = seed
+        self.uid, self.gid = uid, gid
+        self.log_sink = log_sink
+        self.lock = threading.Lock()  # one kexec at a time, never mid-operation
+        self.mem = PhysMem(machine.arch.page_size)
+        self.records: list[tuple[int, Record]] = []
+        self.loaded: LoadedImage | None = None
+        if handoff is None:
+            self.kernel = self._boot(cmdline, None, 1)
+            return
+        self.seed = handoff.seed
+        self.mem.load_pages(handoff.pages)
+        self.records = list(handoff.records)
+        self.kernel = self._start(handoff.image, handoff.boot_number + 1)
+
+    def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
+        def sink(rec: Record) -> None:
+            self.records.append((number, rec))
+            if self.log_sink is not None:
+                self.log_sink(number, rec)
+
+        return Kernel(self.machine, cmdline, self.producers, uid=self.uid, gid=self.gid,
+                      log_sink=sink, mem=self.mem, handover=handover, boot_number=number,
+                      seed=self.seed)
+
+    # --- kexec -s -l --------------------------------------------------------------------
+
+    def kexec_load(self, cmdline: str | None = None, image_size: int | None = None,
+                   initrd_size: int = 0) -> tuple[int, str]:
+        """kexec_file_load: (0, "") or (-EADDRNOTAVAIL, kexec-tools' message). The new
+        command line defaults to this kernel's (kexec --reuse-cmdline)."""
+        with self.lock:
+            k = self.kernel
+            cmdline = k.params.cmdline if cmdline is None else cmdline
+            size = image_size if image_size is not None else self.machine.kernel_size
+            bufs = image_segments(self.machine, cmdline, size, initrd_size)
+            if k.kho_enabled:
+                bufs.insert(0, scratch_table_buf(len(k.scratch)))
+                ranges = [(s.addr, s.addr + s.size) for s in k.scratch]
+            else:
+                ranges = [(r.base, r.end) for r in k.memblock.memory.regions]
+            err, segments = kexec_file_load(bufs, ranges, self.machine.arch.page_size)
+            if err:
+                return err, "kexec_file_load failed: Cannot assign requested address"
+            self.loaded = self._image(k, cmdline, tuple(segments))
+            return 0, ""
+
+    def _image(self, k: Kernel, cmdline: str, segments: tuple[Segment, ...]) -> LoadedImage:
+        """kho_fill_kimage: the root FDT page (finalized or not) and the table copy."""
+        handover = Handover(cmdline, segments)
+        if not k.kho_enabled or k.kho.ser is None:
+            return LoadedImage(handover, ())
+        table = pack_scratch_table([(s.addr, s.size) for s in k.scratch])
+        seg = segments[0]
+        handover = replace(handover, fdt_phys=k.kho.ser.fdt_phys, fdt_len=k.mem.page_size,
+                           scratch_phys=seg.mem, scratch_len=len(table))
+        return LoadedImage(handover, ((seg.mem, table),))
+
+    # --- kexec -e -----------------------------------------------------------------------
+
+    def kexec_execute(self) -> tuple[int, str]:
+        """Reboot into the loaded image in this RAM: (0, "") or (-EINVAL, why not)."""
+        with self.lock:
+            image = self.loaded
+            if image is None:
+                return -errno.EINVAL, "Nothing has been loaded!"
+            number = self._leave()
+            self.kernel = self._start(image, number + 1)
+            return 0, ""
+
+    def take_handoff(self) -> tuple[int, Handoff | None]:
+        """kexec -e into another process: what it needs, and this kernel is gone."""
+        with self.lock:
+            if self.loaded is None:
+                return -errno.EINVAL, None
+            image = self.loaded
+            number = self._leave()
+            return 0, Handoff(self.mem.pages(), image, number, list(self.records), self.seed)
+
+    def _leave(self) -> int:
+        """machine_kexec: the old kernel's last line; its files are gone with it."""
+        k = self.kernel
+        k.log.notice("kexec_core: Starting new kernel")
+        k.debugfs.remove(k.debugfs.root)
+        self.loaded = None
+        return k.boot_number
+
+    def _start(self, image: LoadedImage, number: int) -> Kernel:
+        """The purgatory copies each segment home, then the next kernel boots."""
+        for phys, data in image.contents:
+            self.mem.write(phys, data)
+        return self._boot(image.handover.cmdline, image.handover, number)
+
+    def log_lines(self) -> list[str]:
+        return [format_record(boot, rec) for boot, rec in self.records]

@@ -1,0 +1,323 @@
+"""The handover directory of `khofs kexec --to DIR` and `khofs mount --boot-from DIR`.
+
+Three files, each written to a temporary name, fsync'd and renamed into place, the handover
+last (a handover already there is removed first), so that a full disk or a crash leaves either
+the previous state or no handover at all, never one that --boot-from would accept:
+
+- `machine.json`: the Machine (name, description, arch, page size, cpus, nodes' ranges,
+  kernel and initrd sizes, cmdline), so the next daemon boots the same hardware.
+- `ram.img`: RAM, compact: only the pages something wrote. A header `KHOFSRAM`, then u32
+  version (1), u32 page size, u64 page count, little endian; then per page, in ascending
+  address order, its u64 address and its page_size bytes.
+- `handover.json`: the size and SHA-256 of both files, then what kexec passes on: the loaded
+  image's command line, segments, FDT and scratch table addresses, the bytes the purgatory
+  copies, the boot number of the kernel that loaded it, the seed and the log so far.
+
+Every problem reading a directory is a HandoffError whose message is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from khofs.engine.kexec import Handover, Segment
+from khofs.engine.machine import Machine, Node, get_arch
+from khofs.engine.printk import LEVELS, Record
+from khofs.engine.system import Handoff, LoadedImage
+
+MACHINE_FILE = "machine.json"
+RAM_FILE = "ram.img"
+HANDOVER_FILE = "handover.json"
+FORMAT_VERSION = 1
+RAM_MAGIC = b"KHOFSRAM"
+RAM_HEADER = struct.Struct("<8sIIQ")
+PAGE_ADDR = struct.Struct("<Q")
+CHUNK = 1 << 20
+
+
+class HandoffError(Exception):
+    """A handover directory that cannot be booted from: the message is the whole line."""
+
+
+# --- the machine ------------------------------------------------------------------------
+
+def machine_to_json(machine: Machine) -> dict[str, Any]:
+    return {
+        "name": machine.name, "description": machine.description,
+        "arch": machine.arch.name, "page_size": machine.arch.page_size, "cpus": machine.cpus,
+        "nodes": [{"nid": n.nid, "ranges": [list(r) for r in n.ranges]} for n in machine.nodes],
+        "kernel_size": machine.kernel_size, "initrd_size": machine.initrd_size,
+        "cmdline": machine.cmdline,
+    }
+
+
+def machine_from_json(doc: Any, where: str) -> Machine:
+    """Rebuild a Machine; HandoffError names the first field that is not as written."""
+    get = _Fields(doc, where)
+    try:
+        arch = get_arch(get.str("arch"), get.int("page_size"))
+    except ValueError as e:
+        raise HandoffError(f"{where}: {e}") from None
+    nodes = tuple(_node(n, f"{where}: nodes[{i}]") for i, n in enumerate(get.list("nodes")))
+    if not nodes or get.int("cpus") < 1:
+        raise HandoffError(f"{where}: a machine needs a node and a CPU")
+    cmdline = get.value("cmdline")
+    if cmdline is not None and not isinstance(cmdline, str):
+        raise HandoffError(f"{where}: 'cmdline' must be a string or null")
+    return Machine(get.str("name"), get.str("description"), arch, get.int("cpus"), nodes,
+                   get.int("kernel_size"), get.int("initrd_size"), cmdline)
+
+
+def _node(doc: Any, where: str) -> Node:
+    get = _Fields(doc, where)
+    ranges = []
+    for r in get.list("ranges"):
+        if not (isinstance(r, list) and len(r) == 2 and all(_is_u64(x) for x in r)
+                and r[0] < r[1]):
+            raise HandoffError(f"{where}: a range must be [start, end) with start < end")
+        ranges.append((r[0], r[1]))
+    if not ranges:
+        raise HandoffError(f"{where}: a node needs RAM")
+    return Node(get.int("nid"), tuple(ranges))
+
+
+def machine_difference(a: Machine, b: Machine) -> str | None:
+    """The first field in which two machines differ, or None when they are the same."""
+    for key, value in machine_to_json(a).items():
+        if machine_to_json(b)[key] != value:
+            return key
+    return None
+
+
+class _Fields:
+    """Typed access to a JSON object's fields, each failure one line naming the field."""
+
+    def __init__(self, doc: Any, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise HandoffError(f"{where}: not a JSON object")
+        self.doc, self.where = doc, where
+
+    def value(self, key: str) -> Any:
+        if key not in self.doc:
+            raise HandoffError(f"{self.where}: '{key}' is missing")
+        return self.doc[key]
+
+    def int(self, key: str) -> int:
+        v = self.value(key)
+        if not _is_u64(v):
+            raise HandoffError(f"{self.where}: '{key}' must be an integer from 0 to 2**64-1")
+        return int(v)
+
+    def str(self, key: str) -> str:
+        v = self.value(key)
+        if not isinstance(v, str):
+            raise HandoffError(f"{self.where}: '{key}' must be a string")
+        return v
+
+    def list(self, key: str) -> list[Any]:
+        v = self.value(key)
+        if not isinstance(v, list):
+            raise HandoffError(f"{self.where}: '{key}' must be a list")
+        return v
+
+
+def _is_u64(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+
+
+# --- writing ----------------------------------------------------------------------------
+
+def write_handoff(directory: Path, machine: Machine, handoff: Handoff) -> None:
+    """Write the three files, the handover last; OSError (with its filename) on failure."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (directory / HANDOVER_FILE).unlink(missing_ok=True)
+    _fsync_dir(directory)
+    machine_bytes = (json.dumps(machine_to_json(machine), indent=1) + "\n").encode()
+    files = {
+        MACHINE_FILE: _write_atomic(directory, MACHINE_FILE, [machine_bytes]),
+        RAM_FILE: _write_atomic(directory, RAM_FILE,
+                                _ram_chunks(handoff.pages, machine.arch.page_size)),
+    }
+    doc = handoff_to_json(handoff, files)
+    _write_atomic(directory, HANDOVER_FILE, [(json.dumps(doc, indent=1) + "\n").encode()])
+    _fsync_dir(directory)
+
+
+def _ram_chunks(pages: dict[int, bytes], page_size: int) -> Iterator[bytes]:
+    yield RAM_HEADER.pack(RAM_MAGIC, FORMAT_VERSION, page_size, len(pages))
+    for addr in sorted(pages):
+        yield PAGE_ADDR.pack(addr) + pages[addr]
+
+
+def _write_atomic(directory: Path, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
+    """Write to a temporary file, fsync, rename over name: {"size", "sha256"} of what landed."""
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / name)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write or fsync: name the file it was for
+            e.filename = str(directory / name)
+        raise
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def handoff_to_json(handoff: Handoff, files: dict[str, Any]) -> dict[str, Any]:
+    h = handoff.image.handover
+    return {
+        "format": "khofs-handover", "version": FORMAT_VERSION, "files": files,
+        "boot_number": handoff.boot_number, "seed": handoff.seed,
+        "handover": {
+            "cmdline": h.cmdline,
+            "segments": [{"what": s.what, "mem": s.mem, "memsz": s.memsz} for s in h.segments],
+            "fdt_phys": h.fdt_phys, "fdt_len": h.fdt_len,
+            "scratch_phys": h.scratch_phys, "scratch_len": h.scratch_len,
+        },
+        "contents": [[phys, data.hex()] for phys, data in handoff.image.contents],
+        "records": [[boot, r.level, r.seconds, r.text] for boot, r in handoff.records],
+    }
+
+
+# --- reading ----------------------------------------------------------------------------
+
+def read_handoff(directory: Path) -> tuple[Machine, Handoff]:
+    """The machine and handoff in directory; HandoffError with one line on any problem."""
+    path = directory / HANDOVER_FILE
+    doc = _load_json(path)
+    get = _Fields(doc, str(path))
+    if doc.get("format") != "khofs-handover" or doc.get("version") != FORMAT_VERSION:
+        raise HandoffError(f"{path}: not a khofs handover (format version {FORMAT_VERSION})")
+    files = _Fields(get.value("files"), f"{path}: files")
+    machine_bytes = _read_checked(directory / MACHINE_FILE, files)
+    try:
+        machine_doc = json.loads(machine_bytes)
+    except ValueError as e:
+        raise HandoffError(f"{directory / MACHINE_FILE}: {e}") from None
+    machine = machine_from_json(machine_doc, str(directory / MACHINE_FILE))
+    pages = _read_ram(directory / RAM_FILE, files, machine.arch.page_size)
+    image = LoadedImage(_handover(get.value("handover"), f"{path}: handover"),
+                        tuple(_contents(get.list("contents"), f"{path}: contents")))
+    records = _records(get.list("records"), f"{path}: records")
+    return machine, Handoff(pages, image, get.int("boot_number"), records, get.int("seed"))
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise HandoffError(f"{path}: no handover here (No such file or directory)") from None
+    except OSError as e:
+        raise HandoffError(f"{path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise HandoffError(f"{path}: not a khofs handover ({e})") from None
+
+
+def _read_checked(path: Path, files: _Fields) -> bytes:
+    """The file, whole, if its size and SHA-256 are what the handover recorded."""
+    want = _Fields(files.value(path.name), f"{files.where}: {path.name}")
+    size, sha = want.int("size"), want.str("sha256")
+    data = bytearray()
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                data += chunk
+                digest.update(chunk)
+                if len(data) > size:
+                    break
+    except OSError as e:
+        raise HandoffError(f"{path}: {e.strerror or e}") from None
+    if len(data) != size:
+        raise HandoffError(f"{path}: {_size_words(len(data), size)}, the handover says {size}"
+                           " (partial, or from another kexec)")
+    if digest.hexdigest() != sha:
+        raise HandoffError(f"{path}: SHA-256 differs from the handover's (corrupt, or from "
+                           "another kexec)")
+    return bytes(data)
+
+
+def _size_words(got: int, want: int) -> str:
+    return f"more than {want} bytes" if got > want else f"{got} bytes"
+
+
+def _read_ram(path: Path, files: _Fields, page_size: int) -> dict[int, bytes]:
+    data = memoryview(_read_checked(path, files))
+    if len(data) < RAM_HEADER.size:
+        raise HandoffError(f"{path}: too short for a RAM image header")
+    magic, version, psize, count = RAM_HEADER.unpack_from(data)
+    if magic != RAM_MAGIC or version != FORMAT_VERSION:
+        raise HandoffError(f"{path}: not a khofs RAM image (version {FORMAT_VERSION})")
+    if psize != page_size:
+        raise HandoffError(f"{path}: page size {psize}, the machine's is {page_size}")
+    entry = PAGE_ADDR.size + page_size
+    if len(data) != RAM_HEADER.size + count * entry:
+        raise HandoffError(f"{path}: {len(data)} bytes do not hold {count} pages")
+    pages: dict[int, bytes] = {}
+    last = -1
+    for off in range(RAM_HEADER.size, len(data), entry):
+        (addr,) = PAGE_ADDR.unpack_from(data, off)
+        if addr % page_size or addr <= last:
+            raise HandoffError(f"{path}: page address 0x{addr:x} unaligned or out of order")
+        pages[addr] = bytes(data[off + PAGE_ADDR.size:off + entry])
+        last = addr
+    return pages
+
+
+def _handover(doc: Any, where: str) -> Handover:
+    get = _Fields(doc, where)
+    segments = []
+    for i, s in enumerate(get.list("segments")):
+        seg = _Fields(s, f"{where}: segments[{i}]")
+        segments.append(Segment(seg.str("what"), seg.int("mem"), seg.int("memsz")))
+    return Handover(get.str("cmdline"), tuple(segments), get.int("fdt_phys"),
+                    get.int("fdt_len"), get.int("scratch_phys"), get.int("scratch_len"))
+
+
+def _contents(items: list[Any], where: str) -> list[tuple[int, bytes]]:
+    out = []
+    for item in items:
+        data = None
+        if isinstance(item, list) and len(item) == 2 and _is_u64(item[0]):
+            try:
+                data = bytes.fromhex(item[1]) if isinstance(item[1], str) else None
+            except ValueError:
+                pass
+        if data is None:
+            raise HandoffError(f"{where}: each entry must be [address, hex bytes]")
+        out.append((item[0], data))
+    return out
+
+
+def _records(items: list[Any], where: str) -> list[tuple[int, Record]]:
+    out = []
+    for item in items:
+        ok = (isinstance(item, list) and len(item) == 4 and _is_u64(item[0])
+              and item[1] in LEVELS and isinstance(item[2], int | float)
+              and isinstance(item[3], str))
+        if not ok:
+            raise HandoffError(f"{where}: each entry must be [boot, level, seconds, text]")
+        out.append((item[0], Record(item[1], float(item[2]), item[3])))
+    return out
