@@ -8,7 +8,7 @@ SYSPY := /usr/bin/python3
 APT_PKGS := fuse libfuse2 device-tree-compiler python3 python3-venv python3-libfdt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system test lint unit demo bench clean
+.PHONY: setup system fuse3-dev test lint unit demo bench stress clean
 
 setup: system $(STAMP)
 
@@ -24,6 +24,18 @@ system:
 	  echo "make: installing system packages: $(APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+
+# The benchmark's C filesystem (scripts/bench/cfs.c) builds against libfuse3. Only its library
+# and headers: Debian's `fuse3` package Breaks the `fuse` package that khofs runs on. As root,
+# libfuse3 mounts through /dev/fuse itself; fusermount (from `fuse`) or umount unmounts it.
+FUSE3_PKGS := libfuse3-3 libfuse3-dev pkg-config
+fuse3-dev:
+	@if ! pkg-config --exists fuse3 2>/dev/null; then \
+	  echo "make: installing system packages: $(FUSE3_PKGS)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $(FUSE3_PKGS) >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -43,8 +55,12 @@ test: lint unit
 demo: setup
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-bench: setup
+bench: setup fuse3-dev
 	$(PY) scripts/bench.py
+
+# 8 processes for 60 s against one mount; every invariant checked after every step.
+stress: setup fuse3-dev
+	$(PY) scripts/stress.py --procs 8 --seconds 60
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,19 +1,26 @@
-"""The `khofs` command: mount, umount."""
+"""The `khofs` command: mount, umount, kexec, log, machine show."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from khofs import __version__
 
 if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel
+    from khofs.engine.kernel import Kernel, ProducerFactory
+    from khofs.engine.producer import ProducerSpec
+    from khofs.engine.system import System
 
 DEFAULT_CMDLINE = "kho=on"
+DEFAULT_MACHINE = "laptop"
+UNMOUNT_TIMEOUT = 10.0
 
 
 class Usage(Exception):
@@ -36,6 +43,12 @@ def build_parser() -> Parser:
     m.add_argument("mountpoint")
     _machine_options(m)
     m.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers")
+    m.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=[],
+                   help="a KHO user written in Python (repeatable)")
+    m.add_argument("--boot-from", metavar="DIR",
+                   help="boot the next kernel from what `khofs kexec --to DIR` left there")
+    m.add_argument("--seed", type=_seed, default=None,
+                   help="seed of the emulated randomness (default 0)")
     m.add_argument("--foreground", action="store_true", help="serve in this process")
     m.add_argument("--debug", action="store_true", help="log every FUSE call")
     m.add_argument("--allow-other", action="store_true",
@@ -44,6 +57,11 @@ def build_parser() -> Parser:
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
+    _kexec_parser(sub)
+    lg = sub.add_parser("log", help="the emulated kernel's log across boots, like dmesg")
+    lg.add_argument("mountpoint")
+    lg.add_argument("-f", "--follow", action="store_true",
+                    help="wait for new lines until Ctrl-C or the daemon stops")
     ms = sub.add_parser("machine", help="the emulated machines").add_subparsers(
         dest="machine_command", required=True, parser_class=Parser)
     show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
@@ -55,6 +73,32 @@ def build_parser() -> Parser:
     return p
 
 
+def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    k = sub.add_parser("kexec", help="kexec -s -l, then kexec -e, on the mounted machine")
+    k.add_argument("mountpoint")
+    line = k.add_mutually_exclusive_group()
+    line.add_argument("--append", metavar="STRING",
+                      help="the current command line, a space, then STRING")
+    line.add_argument("--command-line", metavar="STRING", help="exactly STRING")
+    k.add_argument("--image", metavar="FILE", help="the kernel image (sizes its segment)")
+    k.add_argument("--initrd", metavar="FILE", help="the initrd (sizes its segment)")
+    stage = k.add_mutually_exclusive_group()
+    stage.add_argument("--load-only", action="store_true", help="kexec -l: load, no reboot")
+    stage.add_argument("--exec-only", action="store_true", help="kexec -e: boot what is loaded")
+    k.add_argument("--to", metavar="DIR", help="boot the next kernel in another process: "
+                   "write RAM and handover to DIR, unmount, stop")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a number from 0")
+    return value
+
+
 CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine file's "
                 "cmdline, else kho=on)")
 
@@ -62,7 +106,7 @@ CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine 
 def _machine_options(p: argparse.ArgumentParser) -> None:
     from khofs.engine.machine import MACHINES
 
-    p.add_argument("--machine", default="laptop", dest="machine_arg",
+    p.add_argument("--machine", default=None, dest="machine_arg",
                    help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
     p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
 
@@ -70,11 +114,9 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "mount":
-            return cmd_mount(args)
-        if args.command == "machine":
-            return cmd_machine_show(args)
-        return cmd_umount(args)
+        command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
+                   "kexec": cmd_kexec, "log": cmd_log}[args.command]
+        return command(args)
     except Usage as e:
         print(f"khofs: {e}", file=sys.stderr)
         return 2
@@ -93,29 +135,91 @@ def _check_mountpoint(path: str) -> None:
         raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
 
 
-def _boot(args: argparse.Namespace, producers_file: str | None = None,
-          quiet: bool = False) -> Kernel:
+def _producers(args: argparse.Namespace) -> list[ProducerSpec | ProducerFactory]:
+    """--producers FILE, then each --plugin, in that order."""
     from khofs.config import ConfigError, load_producers
+
+    producers: list[ProducerSpec | ProducerFactory] = []
+    try:
+        if getattr(args, "producers", None):
+            producers.extend(load_producers(args.producers))
+        if getattr(args, "plugin", None):
+            from khofs.plugin import load_plugin
+
+            producers.extend(load_plugin(spec) for spec in args.plugin)
+    except ConfigError as e:
+        raise Usage(str(e)) from None
+    return producers
+
+
+def _boot(args: argparse.Namespace) -> Kernel:
+    """One boot of the machine, not mounted (`khofs machine show`)."""
+    from khofs.config import ConfigError
     from khofs.engine.kernel import Kernel
     from khofs.machine_file import load_machine
 
     try:
-        machine = load_machine(args.machine_arg)
-        producers = load_producers(producers_file) if producers_file else []
+        machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     except ConfigError as e:
         raise Usage(str(e)) from None
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    kernel = Kernel(machine, cmdline, producers, uid=os.getuid(), gid=os.getgid())
-    if quiet:
-        return kernel
+    return Kernel(machine, cmdline, uid=os.getuid(), gid=os.getgid())
+
+
+def _system(args: argparse.Namespace) -> System:
+    """The machine to mount: a cold boot, or (--boot-from) the next kernel of a handover."""
+    from khofs.config import ConfigError
+    from khofs.engine.system import System
+    from khofs.machine_file import load_machine
+
+    producers = _producers(args)
+    if args.boot_from is not None:
+        return _system_from(args, producers)
+    try:
+        machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
+    except ConfigError as e:
+        raise Usage(str(e)) from None
+    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
+    return System(machine, cmdline, producers, seed=args.seed or 0, uid=os.getuid(),
+                  gid=os.getgid())
+
+
+def _system_from(args: argparse.Namespace,
+                 producers: list[ProducerSpec | ProducerFactory]) -> System:
+    """--boot-from DIR: the machine as DIR describes it, booted with its handover. The
+    command line is the one kexec loaded, and the seed the previous daemon's."""
+    from khofs.config import ConfigError
+    from khofs.engine.system import System
+    from khofs.machine_file import load_machine
+    from khofs.ramimage import HandoffError, machine_difference, read_handoff
+
+    if args.cmdline is not None:
+        raise Usage("--cmdline and --boot-from: the next kernel's command line is the one "
+                    "`khofs kexec` loaded (use its --append or --command-line)")
+    try:
+        machine, handoff = read_handoff(Path(args.boot_from))
+        given = load_machine(args.machine_arg) if args.machine_arg is not None else None
+    except (HandoffError, ConfigError) as e:
+        raise Usage(str(e)) from None
+    diff = machine_difference(given, machine) if given is not None else []
+    if diff:
+        raise Usage(f"--machine {args.machine_arg}: not the machine that wrote "
+                    f"{args.boot_from} ({', '.join(diff)} differ)")
+    if args.seed is not None and args.seed != handoff.seed:
+        raise Usage(f"--seed {args.seed}: {args.boot_from} was written with seed "
+                    f"{handoff.seed}")
+    return System(machine, handoff.image.handover.cmdline, producers, seed=handoff.seed,
+                  uid=os.getuid(), gid=os.getgid(), handoff=handoff)
+
+
+def _warn_kho_off(kernel: Kernel) -> None:
     if not kernel.params.kho:
-        print(f"khofs: KHO is off on the kernel command line {cmdline!r}, as a kernel "
-              "would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
+        print(f"khofs: KHO is off on the kernel command line {kernel.params.cmdline!r}, as a "
+              "kernel would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
     elif not kernel.kho_enabled:
         print("khofs: KHO was disabled during boot: a scratch area could not be allocated "
               "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory",
               file=sys.stderr)
-    return kernel
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -123,11 +227,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
-    kernel = _boot(args, args.producers)
+    system = _system(args)
+    _warn_kho_off(system.kernel)
     if args.foreground:
-        return daemon.run_foreground(kernel, mountpoint, args.allow_other, args.debug)
+        return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug)
     log_path = args.log or daemon.default_log_path(mountpoint)
-    status, problem = daemon.start(kernel, mountpoint, log_path, args.allow_other, args.debug)
+    status, problem = daemon.start(system, mountpoint, log_path, args.allow_other, args.debug)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
     return 0
@@ -136,7 +241,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_machine_show(args: argparse.Namespace) -> int:
     from khofs.report import show_json, show_text
 
-    kernel = _boot(args, quiet=True)
+    kernel = _boot(args)
     sys.stdout.write(show_json(kernel) if args.json else show_text(kernel))
     return 0
 
@@ -151,3 +256,117 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if status:
         print(f"khofs: {args.mountpoint}: could not unmount", file=sys.stderr)
     return status
+
+
+# --- kexec and log: requests to the daemon serving a mount --------------------------------
+
+def _control(mountpoint: str) -> tuple[str, Path]:
+    """The mount point as the user gave it and its daemon's control socket; one line and
+    exit 1 when nothing of khofs is mounted there."""
+    from khofs import daemon
+
+    path = os.path.abspath(mountpoint)
+    if daemon.mount_fstype(path) != "fuse.khofs":
+        raise Failure(f"{mountpoint}: not a khofs mount")
+    owner = daemon.mount_owner(path)
+    if owner is not None and owner != os.getuid():
+        # its control socket is private to that user (and the daemon checks SO_PEERCRED)
+        raise Failure(f"{mountpoint}: mounted by uid {owner}: only that user may use its "
+                      "daemon")
+    return mountpoint, daemon.socket_path(path)
+
+
+class Failure(Exception):
+    """A request that failed: one line, exit status 1."""
+
+
+def cmd_kexec(args: argparse.Namespace) -> int:
+    from khofs.control import ControlError, KexecRequest, kexec
+
+    load = not args.exec_only
+    if args.exec_only and (args.append is not None or args.command_line is not None
+                           or args.image or args.initrd):
+        raise Usage("--exec-only boots what is loaded: it takes no --append, --command-line, "
+                    "--image or --initrd")
+    if args.load_only and args.to:
+        raise Usage("--to executes the image: it cannot go with --load-only")
+    to = os.path.abspath(args.to) if args.to else None
+    request = KexecRequest(
+        load=load, execute=not args.load_only, append=args.append,
+        command_line=args.command_line,
+        image_size=kernel_image_size(args.image) if args.image else None,
+        initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to)
+    try:
+        mountpoint, sock = _control(args.mountpoint)
+        kexec(sock, mountpoint, request, lambda: _wait_unmounted(args.mountpoint))
+    except (Failure, ControlError) as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _wait_unmounted(mountpoint: str) -> None:
+    from khofs import daemon
+
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    while daemon.mount_fstype(mountpoint) is not None:
+        if time.monotonic() > deadline:
+            raise Failure(f"{mountpoint}: still mounted after the handover")
+        time.sleep(0.02)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from khofs.control import ControlError, stream_log
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        if args.follow:
+            sys.stdout.flush()
+
+    try:
+        mountpoint, sock = _control(args.mountpoint)
+        stream_log(sock, mountpoint, args.follow, out)
+    except (Failure, ControlError) as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C ends -f, as it ends `dmesg -w`
+    except BrokenPipeError:
+        # `khofs log MNT | head`: the reader is gone; say nothing, as dmesg does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+# --- image sizes, as kexec_file_load's image loaders size the kernel segment -------------
+
+BZIMAGE_MAGIC_OFF, BZIMAGE_INIT_SIZE_OFF = 0x202, 0x260
+ARM64_MAGIC_OFF, ARM64_IMAGE_SIZE_OFF = 56, 16
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise Usage(f"{path}: {e.strerror or e}") from None
+
+
+def kernel_image_size(path: str) -> int:
+    """The kernel segment's size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
+    and the setup header's init_size (what the kernel needs in place, bss included); an
+    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(BZIMAGE_INIT_SIZE_OFF + 4)
+    except OSError as e:
+        raise Usage(f"{path}: {e.strerror or e}") from None
+    if not size:
+        raise Usage(f"{path}: empty, not a kernel image")
+    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] == b"HdrS" and len(head) >= 0x264:
+        init_size: int = struct.unpack_from("<I", head, BZIMAGE_INIT_SIZE_OFF)[0]
+        return max(size, init_size)
+    if head[ARM64_MAGIC_OFF:ARM64_MAGIC_OFF + 4] == b"ARM\x64":
+        image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
+        return image_size or size
+    return size

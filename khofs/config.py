@@ -7,7 +7,14 @@ dts = "alpha.dts"              # or dtb = "alpha.dtb" (served byte for byte)
 preserve = ["0x100000000+2M"]  # optional: ranges preserved at FINALIZE (phys+size)
 fail_finalize = "EBUSY"        # optional: FINALIZE fails with this errno, adding nothing
 fail_abort = "EIO"             # optional
+fill = true                    # optional: a pattern in the preserve ranges, checked after kexec
+forget = ["0x100200000+1M"]    # optional: ranges filled and checked but never preserved
+
+[[producer]]
+builtin = "kho_test"           # the kernel's own lib/test_kho.c (no other key but name)
 ```
+A producer with `fill` or `forget` checks its ranges when a kexec handed its sub-tree over and
+logs "khofs: producer NAME: preserved memory intact" or "... corrupted at 0xADDR".
 Every problem raises ConfigError with one line naming the file and what is wrong.
 """
 
@@ -22,7 +29,9 @@ from khofs.engine.producer import ProducerSpec
 from khofs.lib.cmdline import memparse
 from khofs.lib.dts import check_dtb, compile_dts
 
-PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort"}
+PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort", "builtin",
+                 "fill", "forget"}
+BUILTINS = ("kho_test",)  # built-in kernel users a producers file may switch on
 
 
 class ConfigError(Exception):
@@ -44,7 +53,12 @@ def load_producers(path: str | Path) -> list[ProducerSpec]:
     entries = doc.get("producer", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(f"{path}: 'producer' must be an array of tables ([[producer]])")
-    return [_producer(path, i + 1, e) for i, e in enumerate(entries)]
+    specs = [_producer(path, i + 1, e) for i, e in enumerate(entries)]
+    builtins = [s.builtin for s in specs if s.builtin]
+    for builtin in builtins:
+        if builtins.count(builtin) > 1:
+            raise ConfigError(f"{path}: builtin {builtin!r} is given more than once")
+    return specs
 
 
 def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
@@ -52,6 +66,8 @@ def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
     unknown = set(entry) - PRODUCER_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    if "builtin" in entry:
+        return _builtin(path, index, entry)
     name = entry.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"{where}: 'name' is required and must be a string")
@@ -65,7 +81,25 @@ def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
         preserve=tuple(_range(where, r) for r in _list(where, entry, "preserve")),
         fail_finalize=_errno(where, entry, "fail_finalize"),
         fail_abort=_errno(where, entry, "fail_abort"),
+        fill=_bool(where, entry, "fill"),
+        forget=tuple(_range(where, r, "forget") for r in _list(where, entry, "forget")),
     )
+
+
+def _builtin(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
+    """`builtin = "kho_test"`: a kernel module, so nothing of it is configurable here."""
+    where = f"{path}: producer #{index}"
+    kind = entry["builtin"]
+    if kind not in BUILTINS:
+        raise ConfigError(f"{where}: unknown builtin {kind!r} (known: "
+                          f"{', '.join(repr(b) for b in BUILTINS)})")
+    if entry.get("name", kind) != kind:
+        raise ConfigError(f"{where}: builtin {kind!r} is always named {kind!r}")
+    extra = sorted(set(entry) - {"builtin", "name"})
+    if extra:
+        raise ConfigError(f"{path}: producer {kind!r}: {extra[0]!r} cannot be used with "
+                          f"'builtin'")
+    return ProducerSpec(name=kind, fdt=b"", builtin=kind)
 
 
 def name_problem(name: str) -> str:
@@ -110,19 +144,26 @@ def _list(where: str, entry: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _range(where: str, text: Any) -> tuple[int, int]:
+def _range(where: str, text: Any, key: str = "preserve") -> tuple[int, int]:
     """"PHYS+SIZE", each a memparse number (0x hex, K M G ... suffixes)."""
     if not isinstance(text, str) or "+" not in text:
-        raise ConfigError(f"{where}: preserve entry {text!r} is not 'PHYS+SIZE'")
+        raise ConfigError(f"{where}: {key} entry {text!r} is not 'PHYS+SIZE'")
     phys_text, size_text = text.split("+", 1)
     values = []
     for part in (phys_text, size_text):
         raw = part.strip().encode()
         value, used = memparse(raw)
         if not raw or used != len(raw):
-            raise ConfigError(f"{where}: preserve entry {text!r}: bad number {part!r}")
+            raise ConfigError(f"{where}: {key} entry {text!r}: bad number {part!r}")
         values.append(value)
     return values[0], values[1]
+
+
+def _bool(where: str, entry: dict[str, Any], key: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _errno(where: str, entry: dict[str, Any], key: str) -> int:

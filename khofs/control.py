@@ -18,6 +18,7 @@ The protocol is one JSON object per line, each way:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ log = logging.getLogger("khofs.control")
 # ours (a process-directed SIGTERM may land on any thread that does not block it).
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 FOLLOW_POLL = 0.5
+STOP_TIMEOUT = 30.0
+DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class ControlServer:
         log.warning("khofs: control: refused a connection from uid %d (pid %d): only uid %d "
                     "may use this daemon", uid, pid, os.getuid())
         _send(conn, {"status": 1, "error": "Permission denied: not the daemon's user"})
+        _drain(conn)
         return False
 
     def _serve(self, conn: socket.socket) -> None:
@@ -206,6 +210,21 @@ def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
                         req.get("image_size"), req.get("initrd_size") or 0, req.get("to"))
 
 
+def _drain(conn: socket.socket) -> None:
+    """Closing an AF_UNIX socket with unread data resets the peer (unix_release_sock sets
+    ECONNRESET), and the refusal would be lost: read and drop what the peer sent (a little,
+    briefly) until it hangs up."""
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(DRAIN_TIMEOUT)
+    total = 0
+    with contextlib.suppress(OSError):
+        while total < DRAIN_LIMIT:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            total += len(chunk)
+
+
 def _peer_closed(conn: socket.socket) -> bool:
     if not select.select([conn], [], [], 0)[0]:
         return False
@@ -235,9 +254,26 @@ def connect(path: Path, mountpoint: str) -> socket.socket:
     return sock
 
 
+def _request(sock: socket.socket, doc: dict[str, Any], mountpoint: str) -> None:
+    """Send a request; a daemon that refuses the peer closes without reading it, so a
+    broken pipe here is not the answer: the reply line that is waiting says why."""
+    try:
+        _send(sock, doc)
+    except BrokenPipeError:
+        pass
+    except OSError as e:
+        raise ControlError(f"{mountpoint}: control socket: {e.strerror or e}") from None
+
+
 def _messages(f: IO[bytes], mountpoint: str) -> Any:
     """The daemon's replies, one JSON object per line, until it closes the connection."""
-    for line in f:
+    while True:
+        try:
+            line = f.readline()
+        except OSError as e:
+            raise ControlError(f"{mountpoint}: control socket: {e.strerror or e}") from None
+        if not line:
+            return
         try:
             msg = json.loads(line)
         except ValueError:
@@ -258,12 +294,17 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
            "image_size": request.image_size, "initrd_size": request.initrd_size,
            "to": request.to}
     with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
-        _send(sock, doc)
+        _request(sock, doc, mountpoint)
         for _ in _messages(f, mountpoint):
             if not (request.execute and request.to is not None):
                 return
-            for _ in f:  # the daemon closes the connection when it exits
-                pass
+            sock.settimeout(STOP_TIMEOUT)
+            try:
+                for _ in f:  # the daemon closes the connection when it exits
+                    pass
+            except OSError:
+                raise ControlError(f"{mountpoint}: the daemon did not stop after handing "
+                                   "over") from None
             wait_unmounted()
             return
     raise ControlError(f"{mountpoint}: the daemon stopped before answering")
@@ -272,7 +313,7 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
 def stream_log(path: Path, mountpoint: str, follow: bool, out: Callable[[str], None]) -> None:
     """Pass each log line to out; returns at the end (or, following, when the daemon stops)."""
     with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
-        _send(sock, {"op": "log", "follow": follow})
+        _request(sock, {"op": "log", "follow": follow}, mountpoint)
         for msg in _messages(f, mountpoint):
             if msg.get("end"):
                 return

@@ -1,22 +1,34 @@
-"""The mount's life cycle: start a daemon that serves a booted kernel, and unmount.
+"""The mount's life cycle: start a daemon that serves an emulated machine, and unmount.
 
 `start` forks a daemon (its command line is the `khofs mount MOUNTPOINT ...` that started
 it), which serves FUSE and says "ready" from the FUSE init callback; until then its stderr is
 a pipe to the parent, so whatever libfuse prints on a failed mount becomes the parent's one
 error line. After that the daemon logs to a file.
+
+The daemon serves whatever kernel the machine runs now: `Host` holds the System and a lock
+that every FUSE call and every kexec takes, so a call sees one kernel's tree, whole.
+`khofs kexec` and `khofs log` reach the daemon through its control socket (khofs/control.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from khofs.engine.kernel import Kernel
+from khofs import ramimage
+from khofs.control import ControlServer, KexecRequest
+from khofs.debugfs.inode import Debugfs
+from khofs.engine.printk import Record
+from khofs.engine.system import Handoff, System, format_record
 
 READY = b"\nkhofs-ready\n"
 START_TIMEOUT = 30.0
@@ -42,22 +54,51 @@ def pid_path(mountpoint: str) -> Path:
     return runtime_dir() / f"{_state_name(mountpoint)}.pid"
 
 
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the NUL
+
+
+def socket_path(mountpoint: str) -> Path:
+    """The control socket beside the pid file; a hash of the mount point when the readable
+    name would not fit in a sockaddr_un."""
+    path = runtime_dir() / f"{_state_name(mountpoint)}.sock"
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
+    return runtime_dir() / f"ctl-{digest}.sock"
+
+
 def _unescape_mountinfo(field: str) -> str:
     """/proc/self/mountinfo escapes space, tab, newline and backslash as octal."""
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
-def mount_fstype(mountpoint: str) -> str | None:
-    """The file system type mounted exactly at mountpoint, or None."""
+def _mountinfo(mountpoint: str) -> list[str] | None:
+    """The last /proc/self/mountinfo entry mounted exactly at mountpoint, split, or None."""
     target = os.path.realpath(mountpoint)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            sep = fields.index("-")
             if _unescape_mountinfo(fields[4]) == target:
-                found = fields[sep + 1]
+                found = fields
     return found
+
+
+def mount_fstype(mountpoint: str) -> str | None:
+    """The file system type mounted exactly at mountpoint, or None."""
+    fields = _mountinfo(mountpoint)
+    return fields[fields.index("-") + 1] if fields else None
+
+
+def mount_owner(mountpoint: str) -> int | None:
+    """The uid that mounted a FUSE file system there (its `user_id=` option), or None."""
+    fields = _mountinfo(mountpoint)
+    if not fields:
+        return None
+    for option in fields[-1].split(","):
+        if option.startswith("user_id="):
+            return int(option.removeprefix("user_id="))
+    return None
 
 
 def setup_logging(stream_or_path: str | None, debug: bool) -> logging.Logger:
@@ -74,36 +115,128 @@ def setup_logging(stream_or_path: str | None, debug: bool) -> logging.Logger:
     return logging.getLogger("khofs.kernel")
 
 
-def attach_kernel_log(kernel: Kernel, logger: logging.Logger) -> None:
-    """Write what the kernel logged so far, then every new line as it comes."""
-    for rec in kernel.log.records:
-        logger.info("%s", rec.format())
-    kernel.log.sink = lambda rec: logger.info("%s", rec.format())
+class Host:
+    """The emulated machine as the daemon serves it: its System, and the lock that keeps
+    FUSE calls and kexecs apart (a FUSE call never sees a half-switched kernel)."""
+
+    def __init__(self, system: System, mountpoint: str, logger: logging.Logger) -> None:
+        self.system = system
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.logger = logger
+        self.lock = threading.Lock()
+        self._kexec_lock = threading.Lock()  # one request's load and execute together
+        self._log_changed = threading.Condition()
+        for boot, rec in system.records:
+            logger.info("%s", format_record(boot, rec))
+        system.log_sink = self._log_sink
+
+    def _log_sink(self, boot: int, rec: Record) -> None:
+        self.logger.info("%s", format_record(boot, rec))
+        with self._log_changed:
+            self._log_changed.notify_all()
+
+    def current(self) -> Debugfs:
+        """The running kernel's debugfs; FUSE calls it with `lock` held."""
+        return self.system.kernel.debugfs
+
+    # --- control requests ----------------------------------------------------------------
+
+    def log_lines(self, start: int) -> list[str]:
+        return [format_record(boot, rec) for boot, rec in self.system.records[start:]]
+
+    def wait_log(self, count: int, timeout: float) -> None:
+        with self._log_changed:
+            self._log_changed.wait_for(lambda: len(self.system.records) > count, timeout)
+
+    def kexec(self, request: KexecRequest) -> tuple[int, str]:
+        """kexec -s -l, then kexec -e here or into another process: (0, "") or (1, line)."""
+        with self._kexec_lock:
+            if request.load:
+                err, message = self._load(request)
+                if err:
+                    return 1, message
+            if not request.execute:
+                return 0, ""
+            if request.to is not None:
+                return self._hand_over(Path(request.to))
+            with self.lock:
+                err, message = self.system.kexec_execute()
+            return (1, message) if err else (0, "")
+
+    def _load(self, request: KexecRequest) -> tuple[int, str]:
+        with self.lock:
+            cmdline = request.command_line
+            if request.append is not None:
+                # kexec-tools' concat_cmdline: the reused command line, a space, the append
+                cmdline = f"{self.system.kernel.params.cmdline} {request.append}"
+            return self.system.kexec_load(cmdline, request.image_size, request.initrd_size)
+
+    def _hand_over(self, to: Path) -> tuple[int, str]:
+        """kexec -e into the process that will `khofs mount --boot-from to`."""
+        real = os.path.realpath(to)
+        if real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/"):
+            return 1, f"{to}: inside the mount point it would hand over from"
+        with self.lock:
+            err, handoff = self.system.take_handoff()
+            if handoff is None:
+                return 1, "Nothing has been loaded!"
+            try:
+                ramimage.write_handoff(to, self.system.machine, handoff)
+            except OSError as e:
+                return 1, self._boot_here(handoff, f"{e.filename}: {e.strerror or e}")
+        self.logger.info("khofs: handed over to %s: unmounting", to)
+        return 0, ""
+
+    def _boot_here(self, handoff: Handoff, problem: str) -> str:
+        """The handover could not be written: the RAM is still here, so the next kernel
+        boots in this daemon, as `kexec -e` without --to would have done."""
+        old = self.system
+        self.logger.error("khofs: cannot hand over: %s; booting the next kernel here", problem)
+        self.system = System(old.machine, handoff.image.handover.cmdline, old.producers,
+                             uid=old.uid, gid=old.gid, log_sink=self._log_sink, handoff=handoff)
+        return f"cannot hand over: {problem} (the next kernel booted in this mount instead)"
+
+    def stop(self) -> None:
+        """Unmount and exit as SIGTERM does: libfuse's handler, on the FUSE main thread."""
+        ident = threading.main_thread().ident
+        if ident is not None:
+            signal.pthread_kill(ident, signal.SIGTERM)
 
 
-def run_foreground(kernel: Kernel, mountpoint: str, allow_other: bool, debug: bool) -> int:
+def _serve(host: Host, mountpoint: str, allow_other: bool, debug: bool,
+           on_ready: Callable[[], None] | None = None) -> None:
+    """Listen on the control socket, then serve FUSE until unmounted."""
     from khofs.fuse import serve
 
-    attach_kernel_log(kernel, setup_logging(None, debug))
-    serve(kernel.debugfs, mountpoint, kernel.machine.arch.page_size,
-          allow_other=allow_other, debug=debug)
+    control = ControlServer(socket_path(mountpoint), host)
+    control.start()
+    try:
+        serve(host.current, mountpoint, host.system.machine.arch.page_size, lock=host.lock,
+              allow_other=allow_other, debug=debug, on_ready=on_ready)
+    finally:
+        control.close()
+
+
+def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool) -> int:
+    host = Host(system, mountpoint, setup_logging(None, debug))
+    _serve(host, mountpoint, allow_other, debug)
     return 0
 
 
-def start(kernel: Kernel, mountpoint: str, log_path: Path, allow_other: bool,
+def start(system: System, mountpoint: str, log_path: Path, allow_other: bool,
           debug: bool) -> tuple[int, str]:
     """Fork the daemon; return (0, "") once the mount is live, or (2, error line)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(r)
-        _daemon(kernel, mountpoint, log_path, w, allow_other, debug)
+        _daemon(system, mountpoint, log_path, w, allow_other, debug)
         os._exit(0)
     os.close(w)
     return _await_ready(pid, r, mountpoint)
 
 
-def _daemon(kernel: Kernel, mountpoint: str, log_path: Path, w: int, allow_other: bool,
+def _daemon(system: System, mountpoint: str, log_path: Path, w: int, allow_other: bool,
             debug: bool) -> None:
     os.setsid()
     logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -114,7 +247,6 @@ def _daemon(kernel: Kernel, mountpoint: str, log_path: Path, w: int, allow_other
     os.close(w)
     pidfile = pid_path(mountpoint)
     pidfile.write_text(f"{os.getpid()}\n")
-    attach_kernel_log(kernel, setup_logging(str(log_path), debug))
 
     def ready() -> None:
         os.write(2, READY)
@@ -122,10 +254,8 @@ def _daemon(kernel: Kernel, mountpoint: str, log_path: Path, w: int, allow_other
 
     status = 0
     try:
-        from khofs.fuse import serve
-
-        serve(kernel.debugfs, mountpoint, kernel.machine.arch.page_size,
-              allow_other=allow_other, debug=debug, on_ready=ready)
+        host = Host(system, mountpoint, setup_logging(str(log_path), debug))
+        _serve(host, mountpoint, allow_other, debug, on_ready=ready)
     except BaseException as e:  # noqa: BLE001 - the daemon must report, then exit
         print(f"{e}", file=sys.stderr)
         logging.getLogger("khofs").exception("daemon stopped")
@@ -176,6 +306,8 @@ def umount(mountpoint: str) -> int:
     else:
         return 1
     _wait_for_daemon(pidfile)
+    # a daemon that was killed left its control socket behind
+    socket_path(mountpoint).unlink(missing_ok=True)
     return 0
 
 

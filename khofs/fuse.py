@@ -4,6 +4,10 @@ This is the only module that imports the FUSE binding. It maps FUSE calls onto t
 layer and turns its negative errnos into FuseOSError. Every open uses direct I/O, because
 debugfs files report size 0 and the page cache would read nothing; attribute files are opened
 non-seekable, as simple_attr_open does.
+
+The tree is whatever the running kernel's is: `serve` takes a function returning it and a
+lock; every FUSE call holds the lock from start to end (a kexec takes it too), so each call
+sees one kernel, and open files of a kernel that is gone read EIO, as the engine makes them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import fuse as fusepy
@@ -36,24 +41,41 @@ def _check(result: int) -> int:
     return result
 
 
+def _constant(fs: Debugfs) -> Callable[[], Debugfs]:
+    def current() -> Debugfs:
+        return fs
+
+    return current
+
+
 class DebugfsOperations(fusepy.Operations):  # type: ignore[misc]
     """fusepy operations over one Debugfs. Namespace changes are refused as debugfs's
     simple_dir_inode_operations refuse them: EPERM, and EACCES for O_CREAT of a new name."""
 
     use_ns = True
 
-    def __init__(self, fs: Debugfs, page_size: int, on_ready: Callable[[], None] | None = None):
-        self.fs = fs
+    def __init__(self, fs: Debugfs | Callable[[], Debugfs], page_size: int,
+                 on_ready: Callable[[], None] | None = None,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
+        self._current: Callable[[], Debugfs] = _constant(fs) if isinstance(fs, Debugfs) else fs
         self.page_size = page_size
         self.on_ready = on_ready
         self.handles: dict[int, OpenFile] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
+        self._tree_lock: AbstractContextManager[Any] = lock or nullcontext()
+
+    @property
+    def fs(self) -> Debugfs:
+        """The running kernel's tree: one and the same for the whole call, since the call
+        holds the lock a kexec takes."""
+        return self._current()
 
     def __call__(self, op: str, *args: Any) -> Any:
         # fusepy answers an unexpected exception with EINVAL and hides it: log it, say EIO.
         try:
-            return super().__call__(op, *args)
+            with self._tree_lock:
+                return super().__call__(op, *args)
         except fusepy.FuseOSError:
             raise
         except Exception:
@@ -187,10 +209,11 @@ class DebugfsOperations(fusepy.Operations):  # type: ignore[misc]
         raise fusepy.FuseOSError(errno.EINVAL)
 
 
-def serve(fs: Debugfs, mountpoint: str, page_size: int, *, allow_other: bool = False,
+def serve(tree: Debugfs | Callable[[], Debugfs], mountpoint: str, page_size: int, *,
+          lock: AbstractContextManager[Any] | None = None, allow_other: bool = False,
           debug: bool = False, on_ready: Callable[[], None] | None = None) -> None:
     """Mount and serve until unmounted or signalled (libfuse handles SIGTERM and SIGINT)."""
-    ops = DebugfsOperations(fs, page_size, on_ready)
+    ops = DebugfsOperations(tree, page_size, on_ready, lock)
     options: dict[str, Any] = {
         "foreground": True, "nothreads": False, "debug": debug,
         "fsname": "khofs", "subtype": "khofs", "default_permissions": True,

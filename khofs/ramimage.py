@@ -18,6 +18,7 @@ Every problem reading a directory is a HandoffError whose message is one line na
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,38 +62,36 @@ def machine_from_json(doc: Any, where: str) -> Machine:
     """Rebuild a Machine; HandoffError names the first field that is not as written."""
     get = _Fields(doc, where)
     try:
-        arch = get_arch(get.str("arch"), get.int("page_size"))
+        arch = get_arch(get.text("arch"), get.integer("page_size"))
     except ValueError as e:
         raise HandoffError(f"{where}: {e}") from None
-    nodes = tuple(_node(n, f"{where}: nodes[{i}]") for i, n in enumerate(get.list("nodes")))
-    if not nodes or get.int("cpus") < 1:
+    nodes = tuple(_node(n, f"{where}: nodes[{i}]") for i, n in enumerate(get.items("nodes")))
+    if not nodes or get.integer("cpus") < 1:
         raise HandoffError(f"{where}: a machine needs a node and a CPU")
     cmdline = get.value("cmdline")
     if cmdline is not None and not isinstance(cmdline, str):
         raise HandoffError(f"{where}: 'cmdline' must be a string or null")
-    return Machine(get.str("name"), get.str("description"), arch, get.int("cpus"), nodes,
-                   get.int("kernel_size"), get.int("initrd_size"), cmdline)
+    return Machine(get.text("name"), get.text("description"), arch, get.integer("cpus"), nodes,
+                   get.integer("kernel_size"), get.integer("initrd_size"), cmdline)
 
 
 def _node(doc: Any, where: str) -> Node:
     get = _Fields(doc, where)
     ranges = []
-    for r in get.list("ranges"):
+    for r in get.items("ranges"):
         if not (isinstance(r, list) and len(r) == 2 and all(_is_u64(x) for x in r)
                 and r[0] < r[1]):
             raise HandoffError(f"{where}: a range must be [start, end) with start < end")
         ranges.append((r[0], r[1]))
     if not ranges:
         raise HandoffError(f"{where}: a node needs RAM")
-    return Node(get.int("nid"), tuple(ranges))
+    return Node(get.integer("nid"), tuple(ranges))
 
 
-def machine_difference(a: Machine, b: Machine) -> str | None:
-    """The first field in which two machines differ, or None when they are the same."""
-    for key, value in machine_to_json(a).items():
-        if machine_to_json(b)[key] != value:
-            return key
-    return None
+def machine_difference(a: Machine, b: Machine) -> list[str]:
+    """The fields in which two machines differ (none when they are the same)."""
+    mine, theirs = machine_to_json(a), machine_to_json(b)
+    return [key for key in mine if mine[key] != theirs[key]]
 
 
 class _Fields:
@@ -108,19 +107,19 @@ class _Fields:
             raise HandoffError(f"{self.where}: '{key}' is missing")
         return self.doc[key]
 
-    def int(self, key: str) -> int:
+    def integer(self, key: str) -> int:
         v = self.value(key)
         if not _is_u64(v):
             raise HandoffError(f"{self.where}: '{key}' must be an integer from 0 to 2**64-1")
         return int(v)
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self.value(key)
         if not isinstance(v, str):
             raise HandoffError(f"{self.where}: '{key}' must be a string")
         return v
 
-    def list(self, key: str) -> list[Any]:
+    def items(self, key: str) -> list[Any]:
         v = self.value(key)
         if not isinstance(v, list):
             raise HandoffError(f"{self.where}: '{key}' must be a list")
@@ -218,9 +217,9 @@ def read_handoff(directory: Path) -> tuple[Machine, Handoff]:
     machine = machine_from_json(machine_doc, str(directory / MACHINE_FILE))
     pages = _read_ram(directory / RAM_FILE, files, machine.arch.page_size)
     image = LoadedImage(_handover(get.value("handover"), f"{path}: handover"),
-                        tuple(_contents(get.list("contents"), f"{path}: contents")))
-    records = _records(get.list("records"), f"{path}: records")
-    return machine, Handoff(pages, image, get.int("boot_number"), records, get.int("seed"))
+                        tuple(_contents(get.items("contents"), f"{path}: contents")))
+    records = _records(get.items("records"), f"{path}: records")
+    return machine, Handoff(pages, image, get.integer("boot_number"), records, get.integer("seed"))
 
 
 def _load_json(path: Path) -> Any:
@@ -238,7 +237,7 @@ def _load_json(path: Path) -> Any:
 def _read_checked(path: Path, files: _Fields) -> bytes:
     """The file, whole, if its size and SHA-256 are what the handover recorded."""
     want = _Fields(files.value(path.name), f"{files.where}: {path.name}")
-    size, sha = want.int("size"), want.str("sha256")
+    size, sha = want.integer("size"), want.text("sha256")
     data = bytearray()
     digest = hashlib.sha256()
     try:
@@ -289,11 +288,11 @@ def _read_ram(path: Path, files: _Fields, page_size: int) -> dict[int, bytes]:
 def _handover(doc: Any, where: str) -> Handover:
     get = _Fields(doc, where)
     segments = []
-    for i, s in enumerate(get.list("segments")):
+    for i, s in enumerate(get.items("segments")):
         seg = _Fields(s, f"{where}: segments[{i}]")
-        segments.append(Segment(seg.str("what"), seg.int("mem"), seg.int("memsz")))
-    return Handover(get.str("cmdline"), tuple(segments), get.int("fdt_phys"),
-                    get.int("fdt_len"), get.int("scratch_phys"), get.int("scratch_len"))
+        segments.append(Segment(seg.text("what"), seg.integer("mem"), seg.integer("memsz")))
+    return Handover(get.text("cmdline"), tuple(segments), get.integer("fdt_phys"),
+                    get.integer("fdt_len"), get.integer("scratch_phys"), get.integer("scratch_len"))
 
 
 def _contents(items: list[Any], where: str) -> list[tuple[int, bytes]]:
@@ -301,10 +300,8 @@ def _contents(items: list[Any], where: str) -> list[tuple[int, bytes]]:
     for item in items:
         data = None
         if isinstance(item, list) and len(item) == 2 and _is_u64(item[0]):
-            try:
+            with contextlib.suppress(ValueError):
                 data = bytes.fromhex(item[1]) if isinstance(item[1], str) else None
-            except ValueError:
-                pass
         if data is None:
             raise HandoffError(f"{where}: each entry must be [address, hex bytes]")
         out.append((item[0], data))

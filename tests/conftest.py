@@ -35,6 +35,7 @@ class Mounter:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.mounted: list[Path] = []
+        self.logs: dict[Path, Path] = {}  # mount point -> its daemon's log
         self.count = 0
 
     def __call__(self, *options: str, parent: Path | None = None) -> Path:
@@ -46,6 +47,7 @@ class Mounter:
         assert result.returncode == 0, result.stderr
         assert is_mounted(mnt)
         self.mounted.append(mnt)
+        self.logs[mnt] = log
         return mnt
 
     def cleanup(self) -> None:

@@ -194,3 +194,43 @@ def test_memblock_kho_scratch_only_restricts_allocations() -> None:
 def test_cold_kernel_has_no_kho_in() -> None:
     k = Kernel(MACHINES["laptop"])
     assert k.kho_in is None and k.debugfs.lookup("/kho/in") is None
+
+
+def test_reserve_mem_region_is_revived_at_the_same_address() -> None:
+    s = system(cmdline="kho=on reserve_mem=4M:2M:trace")
+    (before,) = s.kernel.reserved_mem
+    finalize_and_kexec_no_sub(s)
+    k = s.kernel
+    assert k.reserved_mem == [before]
+    texts = [r.text for b, r in s.records if b == 2]
+    assert "Revived memory reservation 'trace' from KHO" in texts
+    assert k.debugfs.lookup("/kho/in/sub_fdts/memblock") is not None
+    name, start, size = before
+    assert any(r.base <= start and start + size <= r.end for r in k.memblock.reserved.regions)
+
+
+def finalize_and_kexec_no_sub(s: System) -> None:
+    assert s.kernel.kho.finalize_set(1) == 0
+    assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
+
+
+def test_a_forgotten_page_is_found_corrupted_after_kexec() -> None:
+    forgot = (0x110000000, 0x1000)
+    s = system(ProducerSpec("alpha", SUB, preserve=(KEPT,), fill=True, forget=(forgot,)),
+               ProducerSpec("beta", SUB, preserve=((0x120000000, 0x4000),), fill=True))
+    finalize_and_kexec(s)
+    texts = [r.text for b, r in s.records if b == 2]
+    assert "khofs: producer beta: preserved memory intact" in texts
+    assert any(t.startswith("khofs: producer alpha: preserved memory corrupted at 0x1100000")
+               for t in texts)
+
+
+def test_kho_test_restores_after_every_second_kexec() -> None:
+    """lib/test_kho.c (6.17) restores and does not save again: the kexec after a restore
+    carries no kho_test, and the boot after it saves afresh."""
+    s = system(ProducerSpec("kho_test", b"", builtin="kho_test"))
+    for _ in range(3):
+        finalize_and_kexec_no_sub(s)
+    lines = [(b, r.text) for b, r in s.records if r.text.startswith("test_kho: ")]
+    assert lines == [(2, "test_kho: KHO restore succeeded"),
+                     (4, "test_kho: KHO restore succeeded")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from khofs.engine.kexec import Handover
+from khofs.engine.kho import KhoIn
 from khofs.engine.machine import GiB, KiB, Machine, MiB
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ACCESSIBLE,
@@ -21,6 +22,7 @@ from khofs.engine.memblock import (
     round_down,
     round_up,
 )
+from khofs.engine.memblock_kho import reserve_mem_kho_revive
 from khofs.engine.params import BootParams, ReserveMem
 from khofs.engine.printk import Printk
 
@@ -229,10 +231,17 @@ class Boot:
             best, last_allocs = upa, allocs
         return best
 
-    def reserve_mem(self, requests: list[ReserveMem]) -> None:
-        """mm/memblock.c reserve_mem: each `reserve_mem=` region, in command-line order."""
+    def reserve_mem(self, requests: list[ReserveMem], kho_in: KhoIn | None) -> None:
+        """mm/memblock.c reserve_mem: each `reserve_mem=` region, in command-line order, taken
+        over at its old address when the previous kernel handed it over (memblock.c does not
+        reserve it then: kho_mem_deserialize reserves it as preserved memory)."""
         for req in requests:
-            self._alloc(f"reserve_mem {req.name}", "reserve_mem", req.size, req.align)
+            start = reserve_mem_kho_revive(kho_in, req.name, req.size, req.align, log=self.log)
+            if start is None:
+                self._alloc(f"reserve_mem {req.name}", "reserve_mem", req.size, req.align)
+            else:
+                self.reservations.append(Reservation(f"reserve_mem {req.name}", "reserve_mem",
+                                                     start, req.size, NUMA_NO_NODE, False))
 
     def setup_log_buf(self) -> None:
         """kernel/printk/printk.c setup_log_buf: a bigger ring only on machines with more
@@ -273,7 +282,8 @@ class Boot:
 
 
 def boot_reservations(machine: Machine, memblock: Memblock, params: BootParams,
-                      log: Printk, loaded: Handover | None = None) -> list[Reservation]:
+                      log: Printk, loaded: Handover | None = None,
+                      kho_in: KhoIn | None = None) -> list[Reservation]:
     """Everything reserved before kho_memory_init, in the kernel's order."""
     boot = Boot(machine, memblock, log, loaded)
     boot.early_reserve_memory()
@@ -284,7 +294,7 @@ def boot_reservations(machine: Machine, memblock: Memblock, params: BootParams,
     boot.alloc_node_data()
     boot.sparse_init()
     boot.setup_per_cpu_areas()
-    boot.reserve_mem(params.reserve_mem)
+    boot.reserve_mem(params.reserve_mem, kho_in)
     boot.setup_log_buf()
     boot.vfs_caches_init_early()
     boot.swiotlb_init()

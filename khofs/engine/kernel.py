@@ -17,8 +17,10 @@ from khofs.engine.cmdline import parse_cmdline
 from khofs.engine.kexec import Handover
 from khofs.engine.kho import KhoContext, KhoIn, KhoOut
 from khofs.engine.kho_in import kho_memory_init, kho_populate
+from khofs.engine.kho_test import KhoTest
 from khofs.engine.machine import Machine
 from khofs.engine.memblock import Memblock
+from khofs.engine.memblock_kho import MemblockKho
 from khofs.engine.page_alloc import PageAllocator
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk, Record
@@ -51,9 +53,10 @@ class Kernel:
         self.handover = handover
         self.kho_in: KhoIn | None = None
         if handover is not None:
-            self.kho_in = kho_populate(handover, self.mem, self.memblock, self.log)
+            self.kho_in = kho_populate(handover, self.mem, self.memblock, self.log,
+                                       machine.arch.max_page_order)
         self.reservations = boot_reservations(machine, self.memblock, self.params, self.log,
-                                              handover)
+                                              handover, self.kho_in)
         self.reserved_mem = [(r.what.removeprefix("reserve_mem "), r.base, r.size)
                              for r in self.reservations if r.func == "reserve_mem"]
         self.kern_totals = KernTotals.of(machine, self.memblock)
@@ -67,8 +70,7 @@ class Kernel:
         self.debugfs = Debugfs(uid, gid)
         ctx = KhoContext(self.mem, self.pages, self.slab, self.debugfs, self.log)
         self.kho = KhoOut(ctx, self.scratch)
-        self.producers = [ConfigProducer(p) if isinstance(p, ProducerSpec) else p()
-                          for p in producers]
+        self.producers = [_producer(p) for p in producers]
         if self.kho_enabled:
             self._initcalls()
 
@@ -90,11 +92,26 @@ class Kernel:
                 self.mem.write(phys, self.rng.randbytes(self.mem.page_size))
 
     def _initcalls(self) -> None:
-        """Drivers' module_init, then kho_init (late_initcall)."""
+        """Drivers' module_init (device initcalls, lib/test_kho.c among them), then the late
+        initcalls in link order: kho_init (kernel/), then reserve_mem_init (mm/memblock.c)."""
         for producer in self.producers:
-            err = producer.init(self)
-            if err:
-                self.log.err(f"khofs: producer {producer.name}: init failed: {err}")
+            self._init(producer)
         if self.kho.init(self.kho_in):
             # kho_init: err_free_fdt / err_free_scratch, then kho_enable = false (silently)
             self.kho_enabled = False
+            return
+        self.memblock_kho = MemblockKho()
+        self._init(self.memblock_kho)
+
+    def _init(self, producer: Producer) -> None:
+        err = producer.init(self)
+        if err:
+            self.log.err(f"khofs: producer {producer.name}: init failed: {err}")
+
+
+def _producer(p: ProducerSpec | ProducerFactory) -> Producer:
+    """A producer for this boot: a config producer, the kernel's test_kho module, or what a
+    plugin's factory makes."""
+    if not isinstance(p, ProducerSpec):
+        return p()
+    return KhoTest() if p.builtin == "kho_test" else ConfigProducer(p)

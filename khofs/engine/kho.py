@@ -281,16 +281,14 @@ class KhoOut:
             return self._update_debugfs_fdt()
 
 
-MAX_PAGE_ORDER = 10
-
-
 class KhoIn:
     """struct kho_in, filled by kho_populate: the incoming root FDT, the scratch table, and
     page->private of every preserved block (kho_mem_deserialize), for kho_restore_folio."""
 
     def __init__(self, mem: PhysMem, fdt_phys: int, scratch_phys: int, root: FdtNode,
-                 ram: list[tuple[int, int]]) -> None:
+                 ram: list[tuple[int, int]], max_page_order: int = 10) -> None:
         self.mem = mem
+        self.max_page_order = max_page_order
         self.fdt_phys = fdt_phys
         self.scratch_phys = scratch_phys
         self.root = root
@@ -315,4 +313,4 @@ class KhoIn:
         if not any(start <= phys < end for start, end in self.ram):
             return None
         order = self.orders.get(phys - phys % self.mem.page_size, 0)
-        return None if order > MAX_PAGE_ORDER else order
+        return None if order > self.max_page_order else order

@@ -31,8 +31,8 @@ def _read_fdt(mem: PhysMem, phys: int) -> tuple[int, bytes]:
     return 0, mem.read(phys, min(fdt_totalsize(head), MAX_FDT_READ))
 
 
-def kho_populate(handover: Handover, mem: PhysMem, memblock: Memblock,
-                 log: Printk) -> KhoIn | None:
+def kho_populate(handover: Handover, mem: PhysMem, memblock: Memblock, log: Printk,
+                 max_page_order: int = 10) -> KhoIn | None:
     """kho_populate: validate the FDT and scratch table; on success mark the old scratch
     areas KHO_SCRATCH and let memblock allocate only there until KHO memory is set up."""
     if not handover.fdt_phys:
@@ -57,7 +57,7 @@ def kho_populate(handover: Handover, mem: PhysMem, memblock: Memblock,
     memblock.kho_scratch_only = True  # memblock_set_kho_scratch_only
     log.info("KHO: found kexec handover data. Will skip init for some devices")
     ram = [(r.base, r.end) for r in memblock.memory.regions]
-    return KhoIn(mem, fdt_phys, handover.scratch_phys, root, ram)
+    return KhoIn(mem, fdt_phys, handover.scratch_phys, root, ram, max_page_order)
 
 
 def _refuse(log: Printk) -> None:

@@ -16,16 +16,13 @@ their ranges (`fill`, `forget`) and check after a kexec, to show what preservati
 from __future__ import annotations
 
 import errno
-import random
 import struct
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
-from khofs.engine.machine import Arch, KiB
+from khofs.engine.machine import Arch
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE
 from khofs.engine.physmem import PhysMem
-from khofs.engine.printk import Printk
 from khofs.engine.slab import get_order
 from khofs.lib.fdt_ro import FdtNode, fdt_check_header, fdt_parse
 from khofs.lib.libfdt import FdtSw, fdt_totalsize
@@ -42,17 +39,9 @@ U64 = struct.Struct("<Q")  # phys_addr_t
 MAX_SUB_FDT_READ = 16 << 20  # what khofs reads of a sub-FDT whose header claims more
 
 
-def max_page_order(arch: Arch) -> int:
-    """MAX_PAGE_ORDER: 10 on x86-64; arm64's ARCH_FORCE_MAX_ORDER is 10, 11 or 13 for
-    4K, 16K and 64K pages."""
-    if arch.name == "arm64":
-        return {16 * KiB: 11, 64 * KiB: 13}.get(arch.page_size, 10)
-    return 10
-
-
 def default_max_mem(arch: Arch) -> int:
     """The max_mem module parameter's default: (PAGE_SIZE << MAX_PAGE_ORDER) * 2."""
-    return (arch.page_size << max_page_order(arch)) * 2
+    return (arch.page_size << arch.max_page_order) * 2
 
 
 # --- csum_partial -------------------------------------------------------------------------
@@ -144,7 +133,7 @@ class KhoTest:
         """kho_test_generate_data: random orders, random bytes, a running checksum."""
         arch = kernel.machine.arch
         page = arch.page_size
-        nr_page_orders = max_page_order(arch) + 1
+        nr_page_orders = arch.max_page_order + 1
         alloc_size = 0
         csum = 0
         while alloc_size < max_mem:
@@ -292,55 +281,3 @@ def read_sub_fdt(mem: PhysMem, phys: int) -> FdtNode | None:
         return None
     root = fdt_parse(mem.read(phys, min(fdt_totalsize(head), MAX_SUB_FDT_READ)))
     return None if isinstance(root, int) else root
-
-
-# --- fill patterns for config producers (khofs's own) --------------------------------------
-
-FILL_CHUNK = 64 * KiB
-
-
-def fill_pattern(name: str, phys: int, size: int) -> Iterator[tuple[int, bytes]]:
-    """The pattern of one range, chunk by chunk as (address, bytes): a byte stream seeded by
-    the producer's name and the range, the same in every run and on every boot."""
-    rng = random.Random(f"khofs-fill:{name}:{phys:#x}+{size:#x}")
-    for off in range(0, size, FILL_CHUNK):
-        n = min(FILL_CHUNK, size - off)
-        yield phys + off, rng.randbytes(n)
-
-
-def fill_ranges(mem: PhysMem, name: str, ranges: Sequence[tuple[int, int]]) -> None:
-    for phys, size in ranges:
-        for addr, data in fill_pattern(name, phys, size):
-            mem.write(addr, data)
-
-
-def first_corrupted(mem: PhysMem, name: str, ranges: Sequence[tuple[int, int]]) -> int | None:
-    """The lowest-addressed byte of the first range (in the order given) that no longer holds
-    its pattern, or None when every range is intact."""
-    for phys, size in ranges:
-        for addr, want in fill_pattern(name, phys, size):
-            got = mem.read(addr, len(want))
-            if got != want:
-                return addr + next(i for i, (a, b) in enumerate(zip(got, want, strict=True))
-                                   if a != b)
-    return None
-
-
-def check_and_fill(kernel: Kernel, name: str, preserve: Sequence[tuple[int, int]], fill: bool,
-                   forget: Sequence[tuple[int, int]]) -> None:
-    """A config producer's fill/forget work at its init: after a kexec that handed its
-    sub-tree over, check the pattern in its filled ranges (the preserved ones when `fill`,
-    then the forgotten ones) and log the result; then (re)write the pattern."""
-    ranges = [*(preserve if fill else ()), *forget]
-    if not ranges:
-        return
-    if kernel.kho_in is not None and not kernel.kho_in.retrieve_subtree(name)[0]:
-        log_check(kernel.log, name, first_corrupted(kernel.mem, name, ranges))
-    fill_ranges(kernel.mem, name, ranges)
-
-
-def log_check(log: Printk, name: str, bad: int | None) -> None:
-    if bad is None:
-        log.info(f"khofs: producer {name}: preserved memory intact")
-    else:
-        log.err(f"khofs: producer {name}: preserved memory corrupted at 0x{bad:x}")

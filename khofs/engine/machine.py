@@ -35,6 +35,14 @@ class Arch:
         return self.page_size.bit_length() - 1
 
     @property
+    def max_page_order(self) -> int:
+        """MAX_PAGE_ORDER: 10 on x86-64; arm64's ARCH_FORCE_MAX_ORDER is 10, 11 or 13 for
+        4K, 16K and 64K pages."""
+        if self.name == "arm64":
+            return {16 * KiB: 11, 64 * KiB: 13}.get(self.page_size, 10)
+        return 10
+
+    @property
     def vmemmap_uses_pmds(self) -> bool:
         """vmemmap_populate maps the memmap with PMD blocks from the sparse buffer (x86-64,
         arm64 with 4 KiB pages); otherwise with base pages (arm64 16K and 64K)."""

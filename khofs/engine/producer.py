@@ -11,6 +11,7 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from khofs.engine.fill import check_and_fill
 from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
 from khofs.engine.notifier import NOTIFY_DONE, notifier_from_errno
 from khofs.engine.slab import get_order
@@ -36,6 +37,9 @@ class ProducerSpec:
     preserve: tuple[tuple[int, int], ...] = ()
     fail_finalize: int = 0  # a positive errno, or 0
     fail_abort: int = 0
+    builtin: str = ""  # "kho_test": the kernel's lib/test_kho.c instead (fdt unused)
+    fill: bool = False  # write a pattern into `preserve` at init, check it after kexec
+    forget: tuple[tuple[int, int], ...] = ()  # filled and checked, but never preserved
 
 
 class ConfigProducer:
@@ -51,6 +55,7 @@ class ConfigProducer:
 
     def init(self, kernel: Kernel) -> int:
         """The module init: allocate and fill the sub-FDT pages, register the notifier."""
+        check_and_fill(kernel, self.name, self.spec.preserve, self.spec.fill, self.spec.forget)
         self.kho = kernel.kho
         mem = kernel.mem
         self.order = get_order(len(self.spec.fdt), mem.page_size)

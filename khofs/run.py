@@ -1,0 +1,125 @@
+"""`khofs run [mount options] -- COMMAND [ARGS...]`: COMMAND sees an emulated kernel's
+debugfs at /sys/kernel/debug, and a `kexec` that drives it, in a private mount namespace.
+
+As root the namespace is a new mount namespace; as an ordinary user a user namespace too, in
+which we are root and may mount FUSE (Linux 4.18+). The daemon is our direct child, serving in
+the foreground and told to die with us (PR_SET_PDEATHSIG), so nothing outlives `khofs run`,
+even when it is killed: the namespace and its mounts go with the last process in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from khofs import namespace
+
+DEBUGFS = "/sys/kernel/debug"
+SBIN = "/usr/sbin"
+START_TIMEOUT = 30.0
+
+KEXEC_WRAPPER = """#!/bin/sh
+# khofs run: kexec for the emulated kernel mounted at $KHOFS_MOUNT
+exec "{python}" -m khofs.kexec_tool "$@"
+"""
+
+
+class RunError(Exception):
+    """A start-up problem: one line, exit status 2."""
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def _start_daemon(mnt: str, options: Sequence[str], log: Path,
+                  env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`khofs mount --foreground` as our child; ready once the mount shows up."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "khofs", "mount", mnt, "--foreground", *options],
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+            preexec_fn=lambda: namespace.set_parent_death_signal(signal.SIGTERM))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _mounted(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            raise RunError(lines[-1].removeprefix("khofs: ") if lines else "the daemon failed")
+        time.sleep(0.01)
+    return proc
+
+
+def _kexec_on_path(tmp: Path) -> str:
+    """A `kexec` for COMMAND: first on PATH, and at /usr/sbin/kexec (so /sbin/kexec on a
+    merged-/usr system) through an overlay of /usr/sbin when the kernel allows one here."""
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "kexec"
+    wrapper.write_text(KEXEC_WRAPPER.format(python=sys.executable))
+    wrapper.chmod(0o755)
+    upper, work = tmp / "upper", tmp / "work"
+    upper.mkdir()
+    work.mkdir()
+    shutil.copy2(wrapper, upper / "kexec")
+    with contextlib.suppress(OSError):  # PATH alone then; said in the README
+        namespace.mount("overlay", SBIN, "overlay", 0,
+                        f"lowerdir={SBIN},upperdir={upper},workdir={work}")
+    return str(bindir)
+
+
+def run(options: Sequence[str], command: Sequence[str]) -> int:
+    """COMMAND's exit status (128 + signal when it was killed)."""
+    if not command:
+        raise RunError("run: no COMMAND given (khofs run [options] -- COMMAND)")
+    try:
+        namespace.enter_private_namespace()
+    except OSError as e:
+        raise RunError(f"run: cannot make a private mount namespace: {e.strerror}") from None
+    tmp = Path(tempfile.mkdtemp(prefix="khofs-run-"))
+    mnt = str(tmp / "debugfs")
+    os.mkdir(mnt)
+    daemon = None
+    # The daemon's pid file and control socket stay in our own directory: inside a user
+    # namespace we are uid 0, and the real root's runtime directory is not ours.
+    (tmp / "run").mkdir(mode=0o700)
+    env = dict(os.environ, KHOFS_MOUNT=mnt, XDG_RUNTIME_DIR=str(tmp / "run"))
+    try:
+        daemon = _start_daemon(mnt, options, tmp / "daemon.log", env)
+        namespace.mount(mnt, DEBUGFS, None, namespace.MS_BIND)
+        env["PATH"] = _kexec_on_path(tmp) + os.pathsep + env.get("PATH", os.defpath)
+        try:
+            status = subprocess.call(list(command), env=env)
+        except OSError as e:
+            print(f"khofs: run: {command[0]}: {e.strerror}", file=sys.stderr)
+            status = 127 if isinstance(e, FileNotFoundError) else 126
+        return status if status >= 0 else 128 - status
+    finally:
+        _cleanup(daemon, mnt, tmp)
+
+
+def _cleanup(daemon: subprocess.Popen[bytes] | None, mnt: str, tmp: Path) -> None:
+    for target in (SBIN, DEBUGFS):
+        if _mounted(target):
+            with contextlib.suppress(OSError):
+                namespace.umount(target, namespace.MNT_DETACH)
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)  # libfuse unmounts and the daemon exits
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    if _mounted(mnt):
+        namespace.umount(mnt, namespace.MNT_DETACH)
+    shutil.rmtree(tmp, ignore_errors=True)
