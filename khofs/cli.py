@@ -41,20 +41,16 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     m = sub.add_parser("mount", help="boot an emulated kernel and mount its debugfs")
     m.add_argument("mountpoint")
-    _machine_options(m)
-    m.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers")
-    m.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=[],
-                   help="a KHO user written in Python (repeatable)")
+    _boot_options(m)
     m.add_argument("--boot-from", metavar="DIR",
                    help="boot the next kernel from what `khofs kexec --to DIR` left there")
-    m.add_argument("--seed", type=_seed, default=None,
-                   help="seed of the emulated randomness (default 0)")
     m.add_argument("--foreground", action="store_true", help="serve in this process")
-    m.add_argument("--debug", action="store_true", help="log every FUSE call")
-    m.add_argument("--allow-other", action="store_true",
-                   help="let other users in (the file modes then decide)")
     m.add_argument("--log", metavar="FILE", help="the daemon's log (default: under "
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
+    r = sub.add_parser("run", help="run COMMAND with the emulated debugfs at /sys/kernel/debug "
+                       "and a kexec for it, in a private mount namespace")
+    _boot_options(r)
+    r.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
     _kexec_parser(sub)
@@ -103,6 +99,19 @@ CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine 
                 "cmdline, else kho=on)")
 
 
+def _boot_options(p: argparse.ArgumentParser) -> None:
+    """What boots the emulated kernel and how it is served: shared by mount and run."""
+    _machine_options(p)
+    p.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers")
+    p.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=[],
+                   help="a KHO user written in Python (repeatable)")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seed of the emulated randomness (default 0)")
+    p.add_argument("--debug", action="store_true", help="log every FUSE call")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users in (the file modes then decide)")
+
+
 def _machine_options(p: argparse.ArgumentParser) -> None:
     from khofs.engine.machine import MACHINES
 
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
-                   "kexec": cmd_kexec, "log": cmd_log}[args.command]
+                   "kexec": cmd_kexec, "log": cmd_log, "run": cmd_run}[args.command]
         return command(args)
     except Usage as e:
         print(f"khofs: {e}", file=sys.stderr)
@@ -238,6 +247,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """khofs run: the mount options go to the daemon `khofs mount` runs in the namespace."""
+    from khofs.run import RunError, run
+
+    command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in (
+        ("machine", args.machine_arg), ("cmdline", args.cmdline), ("producers", args.producers),
+        ("seed", args.seed)) if value is not None]
+    options += [f"--plugin={spec}" for spec in args.plugin]
+    options += [flag for flag, on in (("--debug", args.debug),
+                                      ("--allow-other", args.allow_other)) if on]
+    try:
+        return run(options, command)
+    except RunError as e:
+        raise Usage(str(e)) from None
+
+
 def cmd_machine_show(args: argparse.Namespace) -> int:
     from khofs.report import show_json, show_text
 
@@ -294,7 +320,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
     request = KexecRequest(
         load=load, execute=not args.load_only, append=args.append,
         command_line=args.command_line,
-        image_size=kernel_image_size(args.image) if args.image else None,
+        image_size=_image_size(args.image) if args.image else None,
         initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to)
     try:
         mountpoint, sock = _control(args.mountpoint)
@@ -351,18 +377,24 @@ def _file_size(path: str) -> int:
         raise Usage(f"{path}: {e.strerror or e}") from None
 
 
-def kernel_image_size(path: str) -> int:
-    """The kernel segment's size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
-    and the setup header's init_size (what the kernel needs in place, bss included); an
-    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size."""
+def _image_size(path: str) -> int:
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(BZIMAGE_INIT_SIZE_OFF + 4)
+        size = kernel_image_size(path)
     except OSError as e:
         raise Usage(f"{path}: {e.strerror or e}") from None
     if not size:
         raise Usage(f"{path}: empty, not a kernel image")
+    return size
+
+
+def kernel_image_size(path: str) -> int:
+    """The kernel segment's size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
+    and the setup header's init_size (what the kernel needs in place, bss included); an
+    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size.
+    OSError when the file cannot be read."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(BZIMAGE_INIT_SIZE_OFF + 4)
     if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] == b"HdrS" and len(head) >= 0x264:
         init_size: int = struct.unpack_from("<I", head, BZIMAGE_INIT_SIZE_OFF)[0]
         return max(size, init_size)

@@ -40,6 +40,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 FOLLOW_POLL = 0.5
 STOP_TIMEOUT = 30.0
 DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
+REQUEST_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,11 @@ class ControlServer:
         threading.Thread(target=self._accept, name="khofs-control", daemon=True).start()
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress
+            sock.close()
         self.path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
@@ -154,8 +157,10 @@ class ControlServer:
         return False
 
     def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(REQUEST_TIMEOUT)  # a peer that says nothing does not keep a thread
         with conn.makefile("rb") as f:
             line = f.readline(1 << 16)
+        conn.settimeout(None)
         try:
             req = json.loads(line)
             op = req["op"] if isinstance(req, dict) else None
@@ -201,13 +206,17 @@ def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
     def opt(key: str, kind: type) -> bool:
         return req.get(key) is None or isinstance(req.get(key), kind)
 
-    sizes_ok = all(opt(k, int) and not isinstance(req.get(k), bool)
+    sizes_ok = all(req.get(k) is None or _is_u64(req.get(k))
                    for k in ("image_size", "initrd_size"))
     if not (sizes_ok and all(opt(k, str) for k in ("append", "command_line", "to"))
             and all(isinstance(req.get(k), bool) for k in ("load", "exec"))):
         return None
     return KexecRequest(req["load"], req["exec"], req.get("append"), req.get("command_line"),
                         req.get("image_size"), req.get("initrd_size") or 0, req.get("to"))
+
+
+def _is_u64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
 
 
 def _drain(conn: socket.socket) -> None:

@@ -126,6 +126,7 @@ class Host:
         self.lock = threading.Lock()
         self._kexec_lock = threading.Lock()  # one request's load and execute together
         self._log_changed = threading.Condition()
+        self.gone_to: Path | None = None  # where the machine kexec'd away to
         for boot, rec in system.records:
             logger.info("%s", format_record(boot, rec))
         system.log_sink = self._log_sink
@@ -151,6 +152,8 @@ class Host:
     def kexec(self, request: KexecRequest) -> tuple[int, str]:
         """kexec -s -l, then kexec -e here or into another process: (0, "") or (1, line)."""
         with self._kexec_lock:
+            if self.gone_to is not None:  # until the unmount: nothing left to kexec
+                return 1, f"the machine has kexec'd to {self.gone_to}"
             if request.load:
                 err, message = self._load(request)
                 if err:
@@ -177,6 +180,12 @@ class Host:
         if real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/"):
             return 1, f"{to}: inside the mount point it would hand over from"
         with self.lock:
+            if self.system.loaded is None:
+                return 1, "Nothing has been loaded!"
+            try:  # a directory we cannot write fails before the kernel goes
+                to.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                return 1, f"{to}: {e.strerror or e}"
             err, handoff = self.system.take_handoff()
             if handoff is None:
                 return 1, "Nothing has been loaded!"
@@ -184,6 +193,7 @@ class Host:
                 ramimage.write_handoff(to, self.system.machine, handoff)
             except OSError as e:
                 return 1, self._boot_here(handoff, f"{e.filename}: {e.strerror or e}")
+            self.gone_to = to
         self.logger.info("khofs: handed over to %s: unmounting", to)
         return 0, ""
 

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Latency of the common debugfs operations on khofs, beside the same on tmpfs, in one run.
+"""khofs beside a minimal C filesystem (scripts/bench/cfs.c on libfuse3) and tmpfs, in one run.
 
-Prints a table of medians and p99 (microseconds) and the khofs/tmpfs ratio, plus the time
-from `khofs mount` to a live mount. Targets belong here, never in the tests.
+Every row is the same operation on the same tree and bytes: a khofs mount, a cfs mount
+serving a finalized copy of it, and that copy on tmpfs. Prints medians and p99
+(microseconds), the ratios khofs/cfs and khofs/tmpfs, the targets (ratios to cfs), mount and
+unmount times, the daemons' RSS, then the engine's boot times and peak RSS; writes
+bench-results.json. Needs root (cfs mounts through /dev/fuse without fusermount3), a C
+compiler and libfuse3's headers (`make bench` installs them). Every mount it makes is
+unmounted, also on failure or SIGTERM. Targets belong here, never in the tests.
 """
 
 from __future__ import annotations
@@ -10,15 +15,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from functools import partial
 from pathlib import Path
 
 KHOFS = [sys.executable, "-m", "khofs"]
+HERE = Path(__file__).resolve().parent
+CFS_SOURCE = HERE / "bench" / "cfs.c"
+# khofs.fuse.serve's options, given to cfs so that both get the same FUSE requests from the
+# kernel for the same system calls. Keep the two in step.
+# (cfs itself sets use_ino and direct_io, which libfuse3 no longer takes as options.)
+CFS_OPTIONS = ("default_permissions,fsname=cfs,subtype=cfs,"
+               "entry_timeout=0,attr_timeout=0,negative_timeout=0")
+SUB_FDTS = 100  # producers in the loaded mount, one of them BIG_NAME
+BIG_NAME = "big"
+BIG_SIZE = 4 << 20
+# (operation, kind, bound): khofs/cfs time at most bound, or throughput at least bound.
+TARGETS = [("open+read+close finalize", "time", 1.5), ("echo 1 / echo 0 cycle", "time", 1.5),
+           ("read 4 MiB sub-FDT", "throughput", 0.5)]
+BUF = bytearray(1 << 20)
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:
@@ -34,18 +57,20 @@ def p99(xs: list[float]) -> float:
     return sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.99))]
 
 
-def read_all(path: str) -> bytes:
+def read_all(path: str) -> int:
+    """open, read to EOF into one 1 MiB buffer (as cat does, without copying), close."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        out = b""
-        while chunk := os.read(fd, 65536):
-            out += chunk
-        return out
+        total = 0
+        while n := os.readv(fd, [BUF]):
+            total += n
+        return total
     finally:
         os.close(fd)
 
 
 def write(path: str, data: bytes) -> None:
+    """What `echo` in a shell does: open O_WRONLY|O_TRUNC, one write, close."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
@@ -58,33 +83,194 @@ def cycle(path: str) -> None:
     write(path, b"0\n")
 
 
+def set_state(out: Path, value: bytes) -> None:
+    """Finalize or abort, whatever the state was (tmpfs just stores the bytes)."""
+    with suppress(OSError):  # EEXIST or ENOENT: already so
+        write(str(out / "finalize"), value)
+
+
 def operations(out: Path) -> dict[str, Callable[[], object]]:
     fin, fdt = str(out / "finalize"), str(out / "fdt")
+    big, subs = str(out / "sub_fdts" / BIG_NAME), str(out / "sub_fdts")
     return {
         "stat finalize": lambda: os.stat(fin),
         "open+read+close finalize": lambda: read_all(fin),
         "echo 1 / echo 0 cycle": lambda: cycle(fin),
-        "read fdt (finalized)": lambda: read_all(fdt),
+        "read fdt": lambda: read_all(fdt),
+        "read 4 MiB sub-FDT": lambda: read_all(big),
+        f"readdir sub_fdts ({SUB_FDTS})": lambda: os.listdir(subs),
     }
 
 
-def tmpfs_twin(base: Path, fdt: bytes) -> Path:
-    out = base / "kho" / "out"
-    out.mkdir(parents=True)
-    (out / "finalize").write_bytes(b"0\n")
-    (out / "fdt").write_bytes(fdt)
-    return out
+# --- mounts: each registered for clean-up before anything can fail --------------------------
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
-def mount_time(runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter_ns()
-            subprocess.run([*KHOFS, "mount", d], check=True)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
-            subprocess.run([*KHOFS, "umount", d], check=True)
+def is_mounted(path: str) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def pid_of(pattern: str) -> int:
+    out = run(["pgrep", "-f", pattern]).stdout.split()
+    if len(out) != 1:
+        raise RuntimeError(f"expected one process matching {pattern!r}, found {out}")
+    return int(out[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "State:\tZ" not in Path(
+        f"/proc/{pid}/status").read_text()
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} still running {timeout} s after its unmount")
+        time.sleep(0.0005)
+
+
+def force_unmount(mnt: str, pid: int | None) -> None:
+    """The clean-up of last resort: lazy unmount, then end the daemon we started."""
+    if is_mounted(mnt):
+        run(["umount", "-l", mnt])
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def khofs_mount(stack: ExitStack, mnt: str, *options: str) -> int:
+    stack.callback(force_unmount, mnt, None)
+    stack.callback(run, [*KHOFS, "umount", mnt])
+    r = run([*KHOFS, "mount", mnt, *options])
+    if r.returncode != 0:
+        raise RuntimeError(f"khofs mount {mnt}: {r.stderr.strip()}")
+    return pid_of(f" mount {re.escape(mnt)}( |$)")
+
+
+def khofs_umount(mnt: str) -> None:
+    r = run([*KHOFS, "umount", mnt])
+    if r.returncode != 0:
+        raise RuntimeError(f"khofs umount {mnt}: {r.stderr.strip()}")
+
+
+def cfs_mount(stack: ExitStack, cfs: Path, src: Path, mnt: str) -> int:
+    """cfs daemonizes once its mount is live, so its exit is the mount's readiness."""
+    pids: list[int] = []
+    stack.callback(lambda: force_unmount(mnt, pids[0] if pids else None))
+    stack.callback(run, ["fusermount", "-u", mnt])
+    r = run([str(cfs), str(src), mnt, "-o", CFS_OPTIONS])
+    if r.returncode != 0:
+        raise RuntimeError(f"cfs {mnt}: {r.stderr.strip()}")
+    pids.append(pid_of(f"^{re.escape(f'{cfs} {src} {mnt} ')}"))
+    return pids[0]
+
+
+def cfs_umount(mnt: str, pid: int) -> None:
+    r = run(["fusermount", "-u", mnt])
+    if r.returncode != 0:
+        raise RuntimeError(f"fusermount -u {mnt}: {r.stderr.strip()}")
+    wait_gone(pid)
+
+
+def build_cfs(workdir: Path) -> Path:
+    flags = run(["pkg-config", "--cflags", "--libs", "fuse3"])
+    if flags.returncode != 0:
+        raise RuntimeError("libfuse3's headers are missing (pkg-config fuse3): run `make bench`, "
+                           "which installs libfuse3-dev and pkg-config")
+    exe = workdir / "cfs"
+    cc = run(["cc", "-O2", "-Wall", "-o", str(exe), str(CFS_SOURCE), *flags.stdout.split()])
+    if cc.returncode != 0:
+        raise RuntimeError(f"building {CFS_SOURCE}: {cc.stderr.strip()}")
+    return exe
+
+
+def write_producers(d: Path) -> Path:
+    """SUB_FDTS producers: one 4 MiB DTB (made by dtc, its data by /incbin/) and small DTSs."""
+    payload = d / "payload.bin"
+    n = BIG_SIZE - 128  # the property's length that makes dtc's blob exactly BIG_SIZE
+    payload.write_bytes((bytes(range(256)) * (n // 256 + 1))[:n])
+    (d / "big.dts").write_text('/dts-v1/;\n/ {\n\tcompatible = "khofs-bench-v1";\n'
+                               '\tdata = /incbin/("payload.bin");\n};\n')
+    r = run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(d / "big.dtb"), str(d / "big.dts")])
+    if r.returncode != 0:
+        raise RuntimeError(f"dtc: {r.stderr.strip()}")
+    lines = [f'[[producer]]\nname = "{BIG_NAME}"\ndtb = "big.dtb"\n']
+    for i in range(1, SUB_FDTS):
+        (d / f"p{i:02}.dts").write_text(
+            f'/dts-v1/;\n/ {{\n\tcompatible = "khofs-bench-v1";\n\tindex = <{i}>;\n}};\n')
+        lines.append(f'[[producer]]\nname = "p{i:02}"\ndts = "p{i:02}.dts"\n')
+    toml = d / "producers.toml"
+    toml.write_text("\n".join(lines))
+    return toml
+
+
+def copy_tree(out: Path, dest: Path) -> Path:
+    """A finalized kho/out as plain files (the tmpfs twin and cfs's source)."""
+    dest.mkdir(parents=True)
+    (dest / "sub_fdts").mkdir()
+    for name in ("finalize", "fdt", "scratch_phys", "scratch_len"):
+        (dest / name).write_bytes((out / name).read_bytes())
+    for sub in (out / "sub_fdts").iterdir():
+        (dest / "sub_fdts" / sub.name).write_bytes(sub.read_bytes())
+    return dest
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process, in KiB."""
+    fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+# --- measurements ------------------------------------------------------------------------
+
+def measure(ops: dict[str, Callable[[], object]], n: int,
+            rounds: int = 5) -> dict[str, list[float]]:
+    """Samples of one operation on each filesystem, interleaved in rounds (drift hits all)."""
+    samples: dict[str, list[float]] = {fs: [] for fs in ops}
+    for fn in ops.values():
+        timed(fn, 10)
+    for _ in range(rounds):
+        for fs, fn in ops.items():
+            samples[fs] += timed(fn, max(1, n // rounds))
     return samples
+
+
+def mount_cycles(cfs: Path, src: Path, runs: int) -> dict[str, dict[str, list[float]]]:
+    """Time from the mount command to a live mount, and from unmount to the daemon gone."""
+    out: dict[str, dict[str, list[float]]] = {
+        fs: {"mount": [], "unmount": []} for fs in ("khofs", "cfs", "tmpfs")}
+
+    def clock(fs: str, what: str, fn: Callable[[], object]) -> object:
+        t0 = time.perf_counter_ns()
+        result = fn()
+        out[fs][what].append((time.perf_counter_ns() - t0) / 1000)
+        return result
+
+    for _ in range(runs):
+        with ExitStack() as stack:
+            d = stack.enter_context(tempfile.TemporaryDirectory())
+            clock("khofs", "mount", partial(khofs_mount, stack, d))
+            clock("khofs", "unmount", partial(khofs_umount, d))
+        with ExitStack() as stack:
+            d = stack.enter_context(tempfile.TemporaryDirectory())
+            pid = clock("cfs", "mount", partial(cfs_mount, stack, cfs, src, d))
+            assert isinstance(pid, int)
+            clock("cfs", "unmount", partial(cfs_umount, d, pid))
+        with ExitStack() as stack:
+            d = stack.enter_context(tempfile.TemporaryDirectory())
+            stack.callback(force_unmount, d, None)
+            clock("tmpfs", "mount", partial(subprocess.run, ["mount", "-t", "tmpfs", "bench", d],
+                                            check=True))
+            clock("tmpfs", "unmount", partial(subprocess.run, ["umount", d], check=True))
+    return out
 
 
 BIG_MACHINE = """# bench: 4 NUMA nodes of 2 TiB each
@@ -116,18 +302,11 @@ def boot_times(runs: int) -> dict[str, list[float]]:
 
 def daemon_peak_rss(machine: str) -> int:
     """VmHWM of a mounted daemon after a finalize cycle, in KiB."""
-    with tempfile.TemporaryDirectory() as mnt:
-        subprocess.run([*KHOFS, "mount", mnt, "--machine", machine], check=True)
-        try:
-            out = Path(mnt) / "kho" / "out"
-            cycle(str(out / "finalize"))
-            pid = subprocess.run(["pgrep", "-f", f"khofs mount {mnt}"], capture_output=True,
-                                 text=True, check=True).stdout.split()[0]
-            status = Path(f"/proc/{pid}/status").read_text()
-            return int(next(ln.split()[1] for ln in status.splitlines()
-                            if ln.startswith("VmHWM:")))
-        finally:
-            subprocess.run([*KHOFS, "umount", mnt], check=True)
+    with ExitStack() as stack:
+        mnt = stack.enter_context(tempfile.TemporaryDirectory())
+        pid = khofs_mount(stack, mnt, "--machine", machine)
+        cycle(str(Path(mnt) / "kho" / "out" / "finalize"))
+        return rss_kib(pid)[1]
 
 
 def machine_rows(runs: int) -> list[str]:
@@ -144,41 +323,112 @@ def machine_rows(runs: int) -> list[str]:
     return lines
 
 
+# --- the run -------------------------------------------------------------------------------
+
+def mounted_trio(stack: ExitStack, cfs: Path, work: Path, shm: Path, name: str,
+                 *options: str) -> tuple[dict[str, Path], dict[str, int]]:
+    """A khofs mount (finalized), its copy on tmpfs and a cfs mount of that copy; `stack`
+    unmounts both."""
+    kmnt = work / f"khofs-{name}"
+    cmnt = work / f"cfs-{name}"
+    kmnt.mkdir()
+    cmnt.mkdir()
+    kpid = khofs_mount(stack, str(kmnt), "--log", str(work / f"khofs-{name}.log"), *options)
+    kout = kmnt / "kho" / "out"
+    write(str(kout / "finalize"), b"1\n")
+    twin = copy_tree(kout, shm / name)
+    cpid = cfs_mount(stack, cfs, twin, str(cmnt))
+    return ({"khofs": kout, "cfs": cmnt / "kho" / "out", "tmpfs": twin},
+            {"khofs": kpid, "cfs": cpid})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("-n", type=int, default=500, help="samples per operation")
+    ap.add_argument("-n", type=int, default=500, help="samples per operation and filesystem")
+    ap.add_argument("--mounts", type=int, default=10, help="mount/unmount cycles")
     ap.add_argument("--json", default="bench-results.json")
     args = ap.parse_args()
-    rows = []
-    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    with tempfile.TemporaryDirectory() as mnt, tempfile.TemporaryDirectory(dir=shm) as tmp:
-        subprocess.run([*KHOFS, "mount", mnt], check=True)
-        try:
-            out = Path(mnt) / "kho" / "out"
-            write(str(out / "finalize"), b"1\n")
-            twin = tmpfs_twin(Path(tmp), read_all(str(out / "fdt")))
-            write(str(out / "finalize"), b"0\n")
-            ours, theirs = operations(out), operations(twin)
-            for name in ours:
-                if name.startswith("read fdt"):
-                    write(str(out / "finalize"), b"1\n")
-                a, b = timed(ours[name], args.n), timed(theirs[name], args.n)
-                rows.append((name, a, b))
-        finally:
-            subprocess.run([*KHOFS, "umount", mnt], check=True)
-    mounts = mount_time(10)
-    print(f"{'operation':28} {'khofs med':>10} {'p99':>9} {'tmpfs med':>10} {'p99':>9} "
-          f"{'ratio':>7}   (microseconds, {args.n} samples)")
-    results = {}
-    for name, a, b in rows:
-        ma, mb = statistics.median(a), statistics.median(b)
-        print(f"{name:28} {ma:10.1f} {p99(a):9.1f} {mb:10.1f} {p99(b):9.1f} {ma / mb:7.1f}x")
-        results[name] = {"khofs_median_us": ma, "khofs_p99_us": p99(a),
-                         "tmpfs_median_us": mb, "tmpfs_p99_us": p99(b)}
-    mm = statistics.median(mounts)
-    print(f"{'khofs mount to live mount':28} {mm:10.1f} {p99(mounts):9.1f}"
-          f"   (median of {len(mounts)})")
-    results["mount"] = {"median_us": mm, "p99_us": p99(mounts)}
+    if os.geteuid() != 0:
+        print("bench: run as root (cfs mounts through /dev/fuse without fusermount3)",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on SIGTERM too
+    shm_parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    samples: dict[str, dict[str, list[float]]] = {}
+    rss: dict[str, tuple[int, int]] = {}
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="khofs-bench.")))
+        shm = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=shm_parent)))
+        cfs = build_cfs(work)
+        producers = write_producers(work)
+        for name, options, wanted in (
+                ("default", (), ["stat finalize", "open+read+close finalize",
+                                 "echo 1 / echo 0 cycle", "read fdt"]),
+                ("loaded", ("--producers", str(producers)),
+                 ["read 4 MiB sub-FDT", f"readdir sub_fdts ({SUB_FDTS})"])):
+            outs, pids = mounted_trio(stack, cfs, work, shm, name, *options)
+            ops = {fs: operations(out) for fs, out in outs.items()}
+            for op in wanted:
+                n = args.n if "4 MiB" not in op else max(20, args.n // 5)
+                if op.startswith("echo"):
+                    for out in outs.values():
+                        set_state(out, b"0\n")
+                samples[op] = measure({fs: ops[fs][op] for fs in ops}, n)
+                for out in outs.values():
+                    set_state(out, b"1\n")
+            for fs, pid in pids.items():
+                rss[f"{fs} ({name})"] = rss_kib(pid)
+        cycles = mount_cycles(cfs, shm / "default", args.mounts)
+    return report(args, samples, rss, cycles)
+
+
+def report(args: argparse.Namespace, samples: dict[str, dict[str, list[float]]],
+           rss: dict[str, tuple[int, int]], cycles: dict[str, dict[str, list[float]]]) -> int:
+    fss = ("khofs", "cfs", "tmpfs")
+    print(f"{'operation (microseconds)':28}" + "".join(f" {fs + ' med':>10} {'p99':>9}"
+                                                       for fs in fss)
+          + f" {'/cfs':>7} {'/tmpfs':>8}")
+    results: dict[str, object] = {"samples": args.n}
+    med: dict[str, dict[str, float]] = {}
+    for op, per_fs in samples.items():
+        med[op] = {fs: statistics.median(per_fs[fs]) for fs in fss}
+        print(f"{op:28}" + "".join(f" {med[op][fs]:10.1f} {p99(per_fs[fs]):9.1f}" for fs in fss)
+              + f" {med[op]['khofs'] / med[op]['cfs']:6.2f}x"
+              + f" {med[op]['khofs'] / med[op]['tmpfs']:7.1f}x")
+        results[op] = {fs: {"median_us": med[op][fs], "p99_us": p99(per_fs[fs])} for fs in fss}
+    for what in ("mount", "unmount"):
+        ms = {fs: cycles[fs][what] for fs in fss}
+        label = f"{what} (ms, {len(ms['khofs'])} runs)"
+        print(f"{label:28}" + "".join(f" {statistics.median(ms[fs]) / 1000:10.1f} "
+                                      f"{p99(ms[fs]) / 1000:9.1f}" for fs in fss)
+              + f" {statistics.median(ms['khofs']) / statistics.median(ms['cfs']):6.2f}x")
+        results[what] = {fs: {"median_us": statistics.median(ms[fs]), "p99_us": p99(ms[fs])}
+                         for fs in fss}
+    print(f"\n{'daemon memory (MiB)':28} {'VmRSS':>10} {'VmHWM':>9}")
+    for name, (cur, peak) in rss.items():
+        print(f"  {name:26} {cur / 1024:10.1f} {peak / 1024:9.1f}")
+    results["rss_kib"] = {name: {"VmRSS": cur, "VmHWM": peak} for name, (cur, peak) in
+                          rss.items()}
+    print("\ntargets, khofs against cfs in this run:")
+    met_all = True
+    targets = {}
+    for op, kind, bound in TARGETS:
+        ratio = med[op]["khofs"] / med[op]["cfs"]
+        if kind == "throughput":
+            ratio = 1 / ratio
+            mib = {fs: BIG_SIZE / (1 << 20) / (med[op][fs] / 1e6) for fs in ("khofs", "cfs")}
+            detail = f"(khofs {mib['khofs']:.0f} MiB/s, cfs {mib['cfs']:.0f} MiB/s)"
+            met = ratio >= bound
+            rule = f">= {bound}x"
+        else:
+            detail = f"(khofs {med[op]['khofs']:.0f} us, cfs {med[op]['cfs']:.0f} us)"
+            met = ratio <= bound
+            rule = f"<= {bound}x"
+        met_all &= met
+        label = op if kind == "time" else "4 MiB sub-FDT throughput"
+        print(f"  {label:28} {ratio:6.2f}x  {rule:8} {'met' if met else 'MISSED':7} {detail}")
+        targets[label] = {"ratio": ratio, "bound": bound, "kind": kind, "met": met}
+    results["targets"] = targets
     print()
     print("\n".join(machine_rows(20)))
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from khofs.pytest_plugin import Kho, KhofsError
+
 KHOFS = [sys.executable, "-m", "khofs"]
 
 
@@ -30,32 +32,29 @@ def is_mounted(path: Path) -> bool:
 
 
 class Mounter:
-    """Mounts on demand and unmounts everything at teardown."""
+    """Mounts on demand, through the khofs pytest plugin's Kho, and unmounts everything at
+    teardown."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
-        self.mounted: list[Path] = []
+        self.mounts: list[Kho] = []
         self.logs: dict[Path, Path] = {}  # mount point -> its daemon's log
-        self.count = 0
 
     def __call__(self, *options: str, parent: Path | None = None) -> Path:
-        self.count += 1
-        mnt = (parent or self.tmp_path) / f"mnt{self.count}"
-        mnt.mkdir()
-        log = self.tmp_path / f"khofs{self.count}.log"
-        result = khofs("mount", str(mnt), "--log", str(log), *options)
-        assert result.returncode == 0, result.stderr
-        assert is_mounted(mnt)
-        self.mounted.append(mnt)
-        self.logs[mnt] = log
-        return mnt
+        mnt = (parent or self.tmp_path) / f"mnt{len(self.mounts) + 1}"
+        kho = Kho(self.tmp_path, mountpoint=mnt, options=options or ("--machine", "laptop"))
+        self.mounts.append(kho)
+        try:
+            root = kho.root
+        except KhofsError as e:
+            raise AssertionError(str(e)) from None
+        assert is_mounted(root)
+        self.logs[root] = kho.log_path
+        return root
 
     def cleanup(self) -> None:
-        for mnt in self.mounted:
-            if is_mounted(mnt):
-                khofs("umount", str(mnt))
-            if is_mounted(mnt):
-                subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for kho in self.mounts:
+            kho.unmount()
 
 
 @pytest.fixture
@@ -69,9 +68,9 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 
 
 @pytest.fixture
-def mnt(mount: Callable[..., Path]) -> Path:
-    """A mount of the default machine and command line."""
-    return mount()
+def mnt(kho: Kho) -> Path:
+    """A mount of the default machine and command line: the khofs plugin's `kho` fixture."""
+    return kho.root
 
 
 def sh(script: str, shell: str = "sh", **kw: object) -> subprocess.CompletedProcess[str]:

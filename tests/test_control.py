@@ -73,7 +73,7 @@ def test_socket_is_private(mnt: Path) -> None:
 def test_the_socket_goes_with_the_daemon(tmp_path: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
-    assert khofs("mount", str(mnt)).returncode == 0
+    assert khofs("mount", str(mnt), "--log", str(tmp_path / "log")).returncode == 0
     path = socket_path(str(mnt))
     assert path.exists()
     assert khofs("umount", str(mnt)).returncode == 0
@@ -112,7 +112,7 @@ def test_other_users_are_refused(mount: Mounter, tmp_path: Path) -> None:
 def test_dead_daemon(tmp_path: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
-    assert khofs("mount", str(mnt)).returncode == 0
+    assert khofs("mount", str(mnt), "--log", str(tmp_path / "log")).returncode == 0
     try:
         pid = daemon_pid(mnt)
         os.kill(pid, signal.SIGKILL)
@@ -166,7 +166,7 @@ def _wait_for(lines: queue.Queue[str], text: str, seen: list[str]) -> None:
 def test_log_follows_kexecs_until_the_daemon_stops(tmp_path: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
-    assert khofs("mount", str(mnt)).returncode == 0
+    assert khofs("mount", str(mnt), "--log", str(tmp_path / "log")).returncode == 0
     proc = subprocess.Popen([*KHOFS, "log", "-f", str(mnt)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

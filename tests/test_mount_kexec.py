@@ -297,13 +297,18 @@ def test_kexec_between_two_daemons(mount: Mounter, producers: str, tmp_path: Pat
     assert {b for b, _ in log_lines(third)} == {1, 2, 3, 4}
 
 
-def test_kexec_to_inside_the_mount_is_refused(mount: Mounter) -> None:
+def test_kexec_to_a_directory_it_cannot_use(mount: Mounter, tmp_path: Path) -> None:
+    """Refused before the kernel goes: the machine stays, the image stays loaded."""
     mnt = mount()
     r = kexec(mnt, "--to", str(mnt / "kho"))
-    assert r.returncode == 1 and r.stderr.count("\n") == 1
-    assert "inside the mount point" in r.stderr
+    assert (r.returncode, r.stderr) == (1, f"khofs: {mnt / 'kho'}: inside the mount point it "
+                                           "would hand over from\n")
+    (tmp_path / "file").write_text("")
+    r = kexec(mnt, "--exec-only", "--to", str(tmp_path / "file"))
+    assert (r.returncode, r.stderr) == (1, f"khofs: {tmp_path / 'file'}: File exists\n")
     assert is_mounted(mnt)
-    assert kexec(mnt, "--exec-only").returncode == 0  # the image stayed loaded
+    assert {b for b, _ in log_lines(mnt)} == {1}
+    ok(kexec(mnt, "--exec-only"))
 
 
 @pytest.fixture
@@ -426,3 +431,32 @@ def test_boot_from_with_the_same_machine(good_handover: Path, mount: Mounter) ->
     mnt = mount("--boot-from", str(good_handover), "--machine", "laptop", "--seed", "0")
     assert os.listdir(mnt / "kho/in/sub_fdts") == []
     assert {b for b, _ in log_lines(mnt)} == {1, 2}
+
+
+PLUGIN = '''
+def plug(api):
+    blob = api.retrieve_subtree("plug")
+    api.log(f"plug: boot {api.boot}: incoming {'yes' if blob else 'no'}")
+    api.on_finalize(lambda: api.add_subtree("plug", api.make_fdt("khofs,plug-v1")))
+'''
+
+
+def test_plugins_boot_with_every_kernel(mount: Mounter, tmp_path: Path) -> None:
+    (tmp_path / "plug.py").write_text(PLUGIN)
+    mnt = mount("--plugin", f"{tmp_path / 'plug.py'}:plug")
+    finalize(mnt)
+    out = blobs(mnt, "out")
+    assert sorted(out) == ["fdt", "sub_fdts/plug"]
+    ok(kexec(mnt))
+    assert blobs(mnt, "in") == out
+    texts = [t for _, t in log_lines(mnt)]
+    assert "plug: boot 1: incoming no" in texts and "plug: boot 2: incoming yes" in texts
+
+
+def test_bad_plugin_is_a_startup_error(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = khofs("mount", str(mnt), "--plugin", "no_such_module_here:f")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r
+    assert r.stderr.startswith("khofs: --plugin no_such_module_here:f")
+    assert not is_mounted(mnt)

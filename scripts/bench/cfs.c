@@ -2,9 +2,12 @@
 /*
  * cfs: the benchmark's yardstick, a minimal libfuse3 filesystem serving the same tree and
  * bytes as a finalized khofs mount, with the same modes and the same mount options (direct
- * I/O, no entry/attribute/negative caching, inode numbers, default_permissions).
+ * I/O and inode numbers here; the caching timeouts and default_permissions as options).
  *
  *   cfs SRCDIR MOUNTPOINT [libfuse options]
+ *
+ * The benchmark passes entry_timeout=0,attr_timeout=0,negative_timeout=0 and
+ * default_permissions as khofs uses them; use_ino and direct_io are set here.
  *
  * SRCDIR is a copy of a finalized khofs kho/out: fdt, scratch_phys, scratch_len and sub_fdts/.
  * Everything is read into memory at start. finalize reads "1\n" at first; a write is parsed
@@ -136,9 +139,6 @@ static void *cfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	(void)conn;
 	cfg->use_ino = 1;
 	cfg->direct_io = 1;
-	cfg->entry_timeout = 0;
-	cfg->attr_timeout = 0;
-	cfg->negative_timeout = 0;
 	return NULL;
 }
 
