@@ -16,24 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounter, is_mounted, khofs, sh
+from tests.test_mount_producers import ALPHA_AND_BETA
+from tests.test_mount_producers import producers as write_producers
 
-DTS = """/dts-v1/;
-/ {
-	compatible = "alpha-v1";
-	count = <3>;
-	node { label = "x"; bytes = [01 02 03]; };
-};
-"""
-PRODUCERS = """
-[[producer]]
-name = "alpha"
-dts = "alpha.dts"
-preserve = ["0x100000000+2M"]
-
-[[producer]]
-name = "beta"
-dtb = "beta.dtb"
-"""
 FOUND = "KHO: found kexec handover data. Will skip init for some devices"
 LINE = re.compile(r"\[boot (\d+)\] \[ *\d+\.\d{6}\] (.*)")
 EADDRNOTAVAIL_LINE = "khofs: kexec_file_load failed: Cannot assign requested address\n"
@@ -41,12 +26,8 @@ EADDRNOTAVAIL_LINE = "khofs: kexec_file_load failed: Cannot assign requested add
 
 @pytest.fixture
 def producers(tmp_path: Path) -> str:
-    (tmp_path / "alpha.dts").write_text(DTS)
-    subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "beta.dtb"),
-                    str(tmp_path / "alpha.dts")], check=True, capture_output=True)
-    path = tmp_path / "producers.toml"
-    path.write_text(PRODUCERS)
-    return str(path)
+    """alpha (a DTS with a preserved range) and beta (the same tree compiled by dtc)."""
+    return write_producers(tmp_path, ALPHA_AND_BETA)
 
 
 def finalize(mnt: Path) -> None:

@@ -24,6 +24,18 @@ DTS = """/dts-v1/;
 """
 
 
+ALPHA_AND_BETA = """
+[[producer]]
+name = "alpha"
+dts = "alpha.dts"
+preserve = ["0x100000000+2M"]
+
+[[producer]]
+name = "beta"
+dtb = "beta.dtb"
+"""
+
+
 def producers(tmp_path: Path, body: str) -> str:
     (tmp_path / "alpha.dts").write_text(DTS)
     subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "beta.dtb"),
@@ -46,16 +58,7 @@ def write_errno(path: Path, data: bytes) -> int:
 
 def test_sub_fdts_published_and_root_is_libfdt_bytes(mount: Callable[..., Path],
                                                        tmp_path: Path) -> None:
-    cfg = producers(tmp_path, """
-[[producer]]
-name = "alpha"
-dts = "alpha.dts"
-preserve = ["0x100000000+2M"]
-
-[[producer]]
-name = "beta"
-dtb = "beta.dtb"
-""")
+    cfg = producers(tmp_path, ALPHA_AND_BETA)
     mnt = mount("--producers", cfg)
     assert os.listdir(mnt / OUT / "sub_fdts") == []
     assert sh(f"echo 1 > {mnt}/kho/out/finalize").returncode == 0

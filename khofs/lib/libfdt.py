@@ -286,16 +286,20 @@ class FdtSw:
         self._buf[offset + FDT_TAGSIZE:offset + FDT_TAGSIZE + len(raw)] = raw
         return 0
 
-    def end_node(self) -> int:
-        """fdt_end_node(). Like libfdt, nesting is not checked."""
+    def _add_tag(self, tag: int) -> int:
+        """A lone token at the end of the struct block (end_node, finish): 0 or the error."""
         err = self._probe_struct()
         if err:
             return err
         offset = self._grab_space(FDT_TAGSIZE)
         if offset < 0:
             return -FDT_ERR_NOSPACE
-        _U32.pack_into(self._buf, offset, FDT_END_NODE)
+        _U32.pack_into(self._buf, offset, tag)
         return 0
+
+    def end_node(self) -> int:
+        """fdt_end_node(). Like libfdt, nesting is not checked."""
+        return self._add_tag(FDT_END_NODE)
 
     def property_placeholder(self, name: str, length: int) -> tuple[int, int]:
         """fdt_property_placeholder(): (0, buffer offset of the value) or (error, 0).
@@ -364,13 +368,9 @@ class FdtSw:
 
     def finish(self) -> int:
         """fdt_finish(): FDT_END, strings moved behind the struct, a real header."""
-        err = self._probe_struct()
+        err = self._add_tag(FDT_END)
         if err:
             return err
-        offset = self._grab_space(FDT_TAGSIZE)
-        if offset < 0:
-            return -FDT_ERR_NOSPACE
-        _U32.pack_into(self._buf, offset, FDT_END)
         strtabsize = self._get(_SIZE_DT_STRINGS)
         old = self._get(_TOTALSIZE) - strtabsize
         new = self._get(_OFF_DT_STRUCT) + self._get(_SIZE_DT_STRUCT)
