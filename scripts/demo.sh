@@ -25,6 +25,11 @@ run dtc -I dtb -O dts kho/out/fdt
 run dtc -I dtb -O dts kho/out/sub_fdts/demo
 run "echo 0 > kho/out/finalize"
 run ls kho/out kho/out/sub_fdts
+run "echo 1 > kho/out/finalize"
+run khofs kexec "$mnt"
+run ls -l kho/in kho/in/sub_fdts
+run dtc -I dtb -O dts kho/in/sub_fdts/demo
+run "khofs log $mnt | grep -E 'KHO|kexec'"
 cd /
 run khofs umount "$mnt"
 printf '\nDone: nothing is left mounted.\n'
