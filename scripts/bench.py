@@ -2,12 +2,17 @@
 """khofs beside a minimal C filesystem (scripts/bench/cfs.c on libfuse3) and tmpfs, in one run.
 
 Every row is the same operation on the same tree and bytes: a khofs mount, a cfs mount
-serving a finalized copy of it, and that copy on tmpfs. Prints medians and p99
-(microseconds), the ratios khofs/cfs and khofs/tmpfs, the targets (ratios to cfs), mount and
-unmount times, the daemons' RSS, then the engine's boot times and peak RSS; writes
-bench-results.json. Needs root (cfs mounts through /dev/fuse without fusermount3), a C
-compiler and libfuse3's headers (`make bench` installs them). Every mount it makes is
-unmounted, also on failure or SIGTERM. Targets belong here, never in the tests.
+serving a finalized copy of it, and that copy on tmpfs. Small files on a mount of the default
+machine; the 4 MiB sub-FDT and the 100-entry `sub_fdts` on a mount with 100 producers. Prints
+medians and p99 (microseconds, samples of the three interleaved in rounds), the ratios
+khofs/cfs and khofs/tmpfs, the targets (ratios to cfs), mount and unmount times, the daemons'
+RSS, then the engine's boot times and peak RSS; writes bench-results.json.
+
+`--cpu N` runs everything on one CPU: no cross-CPU wake-ups, whose latency (tens of
+microseconds in a VM) otherwise dominates cfs's rows and varies from run to run; the rows
+then measure the CPU work per operation. Needs root (cfs mounts through /dev/fuse without
+fusermount3), a C compiler and libfuse3's headers (`make bench` installs them). Every mount it
+makes is unmounted, also on failure or SIGTERM. Targets belong here, never in the tests.
 """
 
 from __future__ import annotations
@@ -142,17 +147,26 @@ def force_unmount(mnt: str, pid: int | None) -> None:
     """The clean-up of last resort: lazy unmount, then end the daemon we started."""
     if is_mounted(mnt):
         run(["umount", "-l", mnt])
-    if pid is not None and alive(pid):
+    if pid is not None and alive(pid) and mnt in cmdline(pid):  # still ours, not a reused pid
         os.kill(pid, signal.SIGKILL)
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def khofs_mount(stack: ExitStack, mnt: str, *options: str) -> int:
-    stack.callback(force_unmount, mnt, None)
-    stack.callback(run, [*KHOFS, "umount", mnt])
+    pids: list[int] = []
+    stack.callback(lambda: force_unmount(mnt, pids[0] if pids else None))
+    stack.callback(lambda: is_mounted(mnt) and run([*KHOFS, "umount", mnt]))
     r = run([*KHOFS, "mount", mnt, *options])
     if r.returncode != 0:
         raise RuntimeError(f"khofs mount {mnt}: {r.stderr.strip()}")
-    return pid_of(f" mount {re.escape(mnt)}( |$)")
+    pids.append(pid_of(f" mount {re.escape(mnt)}( |$)"))
+    return pids[0]
 
 
 def khofs_umount(mnt: str) -> None:
@@ -165,19 +179,12 @@ def cfs_mount(stack: ExitStack, cfs: Path, src: Path, mnt: str) -> int:
     """cfs daemonizes once its mount is live, so its exit is the mount's readiness."""
     pids: list[int] = []
     stack.callback(lambda: force_unmount(mnt, pids[0] if pids else None))
-    stack.callback(run, ["fusermount", "-u", mnt])
+    stack.callback(lambda: is_mounted(mnt) and run(["fusermount", "-u", mnt]))
     r = run([str(cfs), str(src), mnt, "-o", CFS_OPTIONS])
     if r.returncode != 0:
         raise RuntimeError(f"cfs {mnt}: {r.stderr.strip()}")
     pids.append(pid_of(f"^{re.escape(f'{cfs} {src} {mnt} ')}"))
     return pids[0]
-
-
-def cfs_umount(mnt: str, pid: int) -> None:
-    r = run(["fusermount", "-u", mnt])
-    if r.returncode != 0:
-        raise RuntimeError(f"fusermount -u {mnt}: {r.stderr.strip()}")
-    wait_gone(pid)
 
 
 def build_cfs(workdir: Path) -> Path:
@@ -232,7 +239,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 # --- measurements ------------------------------------------------------------------------
 
 def measure(ops: dict[str, Callable[[], object]], n: int,
-            rounds: int = 5) -> dict[str, list[float]]:
+            rounds: int = 10) -> dict[str, list[float]]:
     """Samples of one operation on each filesystem, interleaved in rounds (drift hits all)."""
     samples: dict[str, list[float]] = {fs: [] for fs in ops}
     for fn in ops.values():
@@ -243,10 +250,22 @@ def measure(ops: dict[str, Callable[[], object]], n: int,
     return samples
 
 
+def fuse_umount(mnt: str, pid: int) -> None:
+    """fusermount -u, then wait for the daemon to exit (a zombie has exited)."""
+    r = run(["fusermount", "-u", mnt])
+    if r.returncode != 0:
+        raise RuntimeError(f"fusermount -u {mnt}: {r.stderr.strip()}")
+    wait_gone(pid)
+
+
+MOUNT_ROWS = ("mount", "unmount", "khofs umount command")
+
+
 def mount_cycles(cfs: Path, src: Path, runs: int) -> dict[str, dict[str, list[float]]]:
-    """Time from the mount command to a live mount, and from unmount to the daemon gone."""
+    """Time from the mount command to a live mount; from `fusermount -u` (tmpfs: umount) to
+    the daemon's exit; and `khofs umount` as a user runs it (it waits for the daemon too)."""
     out: dict[str, dict[str, list[float]]] = {
-        fs: {"mount": [], "unmount": []} for fs in ("khofs", "cfs", "tmpfs")}
+        fs: {what: [] for what in MOUNT_ROWS} for fs in ("khofs", "cfs", "tmpfs")}
 
     def clock(fs: str, what: str, fn: Callable[[], object]) -> object:
         t0 = time.perf_counter_ns()
@@ -257,13 +276,18 @@ def mount_cycles(cfs: Path, src: Path, runs: int) -> dict[str, dict[str, list[fl
     for _ in range(runs):
         with ExitStack() as stack:
             d = stack.enter_context(tempfile.TemporaryDirectory())
-            clock("khofs", "mount", partial(khofs_mount, stack, d))
-            clock("khofs", "unmount", partial(khofs_umount, d))
+            pid = clock("khofs", "mount", partial(khofs_mount, stack, d))
+            assert isinstance(pid, int)
+            clock("khofs", "unmount", partial(fuse_umount, d, pid))
+        with ExitStack() as stack:
+            d = stack.enter_context(tempfile.TemporaryDirectory())
+            khofs_mount(stack, d)
+            clock("khofs", "khofs umount command", partial(khofs_umount, d))
         with ExitStack() as stack:
             d = stack.enter_context(tempfile.TemporaryDirectory())
             pid = clock("cfs", "mount", partial(cfs_mount, stack, cfs, src, d))
             assert isinstance(pid, int)
-            clock("cfs", "unmount", partial(cfs_umount, d, pid))
+            clock("cfs", "unmount", partial(fuse_umount, d, pid))
         with ExitStack() as stack:
             d = stack.enter_context(tempfile.TemporaryDirectory())
             stack.callback(force_unmount, d, None)
@@ -347,7 +371,12 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=500, help="samples per operation and filesystem")
     ap.add_argument("--mounts", type=int, default=10, help="mount/unmount cycles")
     ap.add_argument("--json", default="bench-results.json")
+    ap.add_argument("--cpu", type=int, default=None, metavar="N",
+                    help="run everything (this process, the daemons, the clients) on CPU N: "
+                    "no cross-CPU wake-ups, so the rows measure CPU work and repeat closely")
     args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})  # inherited by every process started below
     if os.geteuid() != 0:
         print("bench: run as root (cfs mounts through /dev/fuse without fusermount3)",
               file=sys.stderr)
@@ -385,10 +414,12 @@ def main() -> int:
 def report(args: argparse.Namespace, samples: dict[str, dict[str, list[float]]],
            rss: dict[str, tuple[int, int]], cycles: dict[str, dict[str, list[float]]]) -> int:
     fss = ("khofs", "cfs", "tmpfs")
+    where = f"all on CPU {args.cpu}" if args.cpu is not None else "not pinned"
+    print(f"khofs, cfs (C, libfuse3) and tmpfs: {args.n} samples per row, {where}\n")
     print(f"{'operation (microseconds)':28}" + "".join(f" {fs + ' med':>10} {'p99':>9}"
                                                        for fs in fss)
           + f" {'/cfs':>7} {'/tmpfs':>8}")
-    results: dict[str, object] = {"samples": args.n}
+    results: dict[str, object] = {"samples": args.n, "cpu": args.cpu}
     med: dict[str, dict[str, float]] = {}
     for op, per_fs in samples.items():
         med[op] = {fs: statistics.median(per_fs[fs]) for fs in fss}
@@ -396,14 +427,17 @@ def report(args: argparse.Namespace, samples: dict[str, dict[str, list[float]]],
               + f" {med[op]['khofs'] / med[op]['cfs']:6.2f}x"
               + f" {med[op]['khofs'] / med[op]['tmpfs']:7.1f}x")
         results[op] = {fs: {"median_us": med[op][fs], "p99_us": p99(per_fs[fs])} for fs in fss}
-    for what in ("mount", "unmount"):
-        ms = {fs: cycles[fs][what] for fs in fss}
-        label = f"{what} (ms, {len(ms['khofs'])} runs)"
-        print(f"{label:28}" + "".join(f" {statistics.median(ms[fs]) / 1000:10.1f} "
-                                      f"{p99(ms[fs]) / 1000:9.1f}" for fs in fss)
-              + f" {statistics.median(ms['khofs']) / statistics.median(ms['cfs']):6.2f}x")
-        results[what] = {fs: {"median_us": statistics.median(ms[fs]), "p99_us": p99(ms[fs])}
-                         for fs in fss}
+    print(f"\n{'milliseconds, ' + str(args.mounts) + ' runs':28}" + "".join(
+        f" {fs + ' med':>10} {'p99':>9}" for fs in fss) + f" {'/cfs':>7}")
+    for what in MOUNT_ROWS:
+        ms = {fs: cycles[fs][what] for fs in fss if cycles[fs][what]}
+        print(f"{what:28}" + "".join(
+            f" {statistics.median(ms[fs]) / 1000:10.1f} {p99(ms[fs]) / 1000:9.1f}"
+            if fs in ms else f" {'':10} {'':9}" for fs in fss)
+              + (f" {statistics.median(ms['khofs']) / statistics.median(ms['cfs']):6.2f}x"
+                 if "cfs" in ms else ""))
+        results[what] = {fs: {"median_us": statistics.median(v), "p99_us": p99(v)}
+                         for fs, v in ms.items()}
     print(f"\n{'daemon memory (MiB)':28} {'VmRSS':>10} {'VmHWM':>9}")
     for name, (cur, peak) in rss.items():
         print(f"  {name:26} {cur / 1024:10.1f} {peak / 1024:9.1f}")

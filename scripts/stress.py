@@ -344,8 +344,15 @@ def unmount(mnt: Path, pid: int | None) -> None:
         run([*KHOFS, "umount", str(mnt)])
     if is_mounted(mnt):
         run(["umount", "-l", str(mnt)])
-    if pid is not None and daemon_alive(pid):
+    if pid is not None and daemon_alive(pid) and str(mnt) in cmdline(pid):  # not a reused pid
         os.kill(pid, signal.SIGKILL)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def summary(stats: Stats, procs: int, seconds: float, final: int | None) -> str:

@@ -28,10 +28,10 @@ from tests.test_cli import one_line_error
 from tests.test_kstrtox import ref_kstrtoull
 
 ATTR_BUF_LEN = 24  # simple_attr's set_buf: at most 23 bytes are parsed
-MOUNTED = settings(max_examples=250, deadline=None,
+MOUNTED = settings(max_examples=1000, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture,
                                           HealthCheck.too_slow])
-IN_PROCESS = settings(max_examples=300, deadline=None,
+IN_PROCESS = settings(max_examples=500, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture,
                                              HealthCheck.too_slow])
 END_TO_END = settings(max_examples=12, deadline=None,
@@ -57,8 +57,12 @@ def do_write(fd: int, data: bytes) -> int:
         return -(e.errno or 0)
 
 
-def state(fin: Path) -> bytes:
-    return fin.read_bytes()
+def write_ok(fin: Path, value: bytes) -> None:
+    fd = os.open(fin, os.O_WRONLY)
+    try:
+        assert os.write(fd, value) == len(value)
+    finally:
+        os.close(fd)
 
 
 def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -76,6 +80,10 @@ interesting = st.one_of(
                                b"1\n", b"0\n", b"1\0", b"\n"]),
               st.binary(max_size=40)),
     st.text("0123456789abcdefxX+-\n\0 ", min_size=1, max_size=40).map(str.encode),
+    # numbers padded to around the 23 bytes that are parsed, then whatever follows
+    st.builds(lambda sign, zeros, n, tail: sign + b"0" * zeros + b"%d" % n + tail,
+              st.sampled_from([b"", b"+"]), st.integers(0, 25), st.integers(0, 2**64),
+              st.binary(max_size=3)),
 )
 
 
@@ -85,27 +93,19 @@ interesting = st.one_of(
 def test_finalize_writes_match_the_reference(mnt: Path, data: bytes, cuts: list[int],
                                              rdwr: bool, trunc: bool, start: bool) -> None:
     fin = mnt / "kho/out/finalize"
-    if state(fin) == b"1\n":  # the previous example's state: back to "not finalized"
-        fd = os.open(fin, os.O_WRONLY)
-        try:
-            assert os.write(fd, b"0") == 1
-        finally:
-            os.close(fd)
+    if fin.read_bytes() == b"1\n":  # the previous example's state: back to "not finalized"
+        write_ok(fin, b"0")
     finalized = start
     if start:
-        fd = os.open(fin, os.O_WRONLY)
-        try:
-            assert os.write(fd, b"1") == 1
-        finally:
-            os.close(fd)
-    assert state(fin) == (b"1\n" if finalized else b"0\n")
+        write_ok(fin, b"1")
+    assert fin.read_bytes() == (b"1\n" if finalized else b"0\n")
     flags = (os.O_RDWR if rdwr else os.O_WRONLY) | (os.O_TRUNC if trunc else 0)
     fd = os.open(fin, flags)
     try:
         for piece in pieces(data, cuts):
             want, finalized = expected_write(piece, finalized)
             assert do_write(fd, piece) == want, piece
-            assert state(fin) == (b"1\n" if finalized else b"0\n"), piece
+            assert fin.read_bytes() == (b"1\n" if finalized else b"0\n"), piece
             assert (mnt / "kho/out/fdt").exists() == finalized
     finally:
         os.close(fd)
