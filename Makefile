@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.khofs-installed
 # Debian's python3 runs the venv so that python3-libfdt (the FDT test oracle) imports in it.
 SYSPY := /usr/bin/python3
-APT_PKGS := fuse libfuse2 device-tree-compiler python3 python3-venv python3-libfdt
+# libfuse3-3 is only the library, for the fuse3 backend (KHOFS_FUSE=3): Debian's `fuse3` package
+# (fusermount3) Breaks `fuse`, and root needs no fusermount3 to mount.
+APT_PKGS := fuse libfuse2 libfuse3-3 device-tree-compiler python3 python3-venv python3-libfdt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system fuse3-dev test lint unit demo bench stress clean
+.PHONY: setup system fuse3-dev test lint unit unit-fuse3 demo bench stress clean
 
 setup: system $(STAMP)
 
@@ -19,6 +21,7 @@ system:
 	         /usr/lib/python3/dist-packages/libfdt.py; do \
 	  [ -e $$f ] || missing=1; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || ls /usr/lib/*/libfuse.so.2 >/dev/null 2>&1 || missing=1; \
+	ls /usr/lib/*/libfuse3.so.3 /usr/lib/libfuse3.so.3 2>/dev/null | grep -q . || missing=1; \
 	$(SYSPY) -c 'import ensurepip' 2>/dev/null || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "make: installing system packages: $(APT_PKGS)"; \
@@ -40,7 +43,7 @@ fuse3-dev:
 
 $(STAMP): pyproject.toml
 	[ -x $(PY) ] || $(SYSPY) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,fuse3]'
 	touch $(STAMP)
 
 lint: setup
@@ -50,7 +53,12 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest -q
 
-test: lint unit
+# The mount tests again on the other backend: mfusepy over libfuse3.
+FUSE3_TESTS := tests/test_mount_*.py tests/test_cli.py tests/test_control.py tests/test_run.py
+unit-fuse3: setup
+	KHOFS_FUSE=3 $(VENV)/bin/pytest -q $(FUSE3_TESTS)
+
+test: lint unit unit-fuse3
 
 demo: setup
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh

@@ -32,12 +32,23 @@ class Parser(argparse.ArgumentParser):
         raise Usage(message)
 
 
+class Version(argparse.Action):
+    """--version: khofs and the FUSE backend, which is loaded only then (and to mount)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from khofs.fuse import BACKEND
+
+        print(f"khofs {__version__} ({BACKEND})")
+        parser.exit()
+
+
 def build_parser() -> Parser:
     from khofs.engine.machine import MACHINES
-    from khofs.fuse import BACKEND
 
     p = Parser(prog="khofs", description="A debugfs tree for Kexec HandOver over FUSE.")
-    p.add_argument("--version", action="version", version=f"khofs {__version__} ({BACKEND})")
+    p.add_argument("--version", action=Version, nargs=0, help="show the version and the FUSE "
+                   "backend (KHOFS_FUSE), and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     m = sub.add_parser("mount", help="boot an emulated kernel and mount its debugfs")
     m.add_argument("mountpoint")
@@ -121,12 +132,14 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from khofs.fuse import BackendError
+
     try:
         args = build_parser().parse_args(argv)
         command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
                    "kexec": cmd_kexec, "log": cmd_log, "run": cmd_run}[args.command]
         return command(args)
-    except Usage as e:
+    except (Usage, BackendError) as e:  # BackendError: KHOFS_FUSE names what is not there
         print(f"khofs: {e}", file=sys.stderr)
         return 2
 
@@ -140,6 +153,13 @@ def _check_mountpoint(path: str) -> None:
         raise Usage(f"mount point {path}: not a directory")
     if mount_fstype(path) is not None:
         raise Usage(f"mount point {path}: busy (something is already mounted there)")
+    try:
+        entries = os.listdir(path)
+    except OSError as e:
+        raise Usage(f"mount point {path}: {e.strerror}") from None
+    if entries:
+        # libfuse2 refuses it with a message of its own, libfuse3 would mount over it
+        raise Usage(f"mount point {path}: not empty")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
 
@@ -233,9 +253,11 @@ def _warn_kho_off(kernel: Kernel) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from khofs import daemon
+    from khofs.fuse import load_backend
 
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
+    load_backend()  # a KHOFS_FUSE backend that is not there fails here, before the daemon
     system = _system(args)
     _warn_kho_off(system.kernel)
     if args.foreground:

@@ -327,10 +327,17 @@ def _wait_for_daemon(pidfile: Path, timeout: float = 10.0) -> None:
     except (OSError, ValueError):
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.02)
     pidfile.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """pid has not exited. A zombie has: once `khofs mount` is gone, its reaper is PID 1,
+    which may take seconds to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

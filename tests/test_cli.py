@@ -140,7 +140,8 @@ def test_umount_not_mounted(tmp_path: Path) -> None:
 
 def test_version() -> None:
     r = khofs("--version")
-    assert r.returncode == 0 and r.stdout.startswith("khofs 0.1.0 (fusepy")
+    binding = "mfusepy" if os.environ.get("KHOFS_FUSE") == "3" else "fusepy"
+    assert r.returncode == 0 and r.stdout.startswith(f"khofs 0.1.0 ({binding} ")
 
 
 def test_foreground_serves_until_sigterm(tmp_path: Path) -> None:

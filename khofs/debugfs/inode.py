@@ -161,10 +161,14 @@ class Debugfs:
             inode.ctime_ns = time.time_ns()
             return 0
 
-    def utimens(self, dentry: Dentry, atime_ns: int, mtime_ns: int) -> int:
+    def utimens(self, dentry: Dentry, atime_ns: int | None, mtime_ns: int | None) -> int:
+        """The times a utimensat sets (None: left alone); ctime moves whatever is set."""
         with self.lock:
             inode = dentry.inode
-            inode.atime_ns, inode.mtime_ns = atime_ns, mtime_ns
+            if atime_ns is not None:
+                inode.atime_ns = atime_ns
+            if mtime_ns is not None:
+                inode.mtime_ns = mtime_ns
             inode.ctime_ns = time.time_ns()
             return 0
 
