@@ -52,16 +52,22 @@ MAX_WRITE = 128 * 1024
 
 # --- the options, one table per backend ------------------------------------------------------
 
-# Both: /proc/mounts shows fuse.khofs (the rest of khofs looks for that type), the kernel
-# checks the modes itself, and it asks again for every lookup and attribute, since debugfs
-# files change under the reader.
+# Both: /proc/mounts shows fuse.khofs (the rest of khofs looks for that type), and the kernel
+# checks the modes itself. It looks every name up again (entries come and go: `fdt` with
+# finalize, the whole tree at a kexec) but may keep attributes for 10 ms: every lookup returns
+# fresh ones, and the kernel drops them itself after a write or setattr, so only a change made
+# inside the daemon (a kexec changing a directory's link count) can be that late. It saves a
+# GETATTR per path component and per open; 10 ms saves as much as 1 s would.
 COMMON_OPTIONS: dict[str, Any] = {
     "fsname": "khofs", "subtype": "khofs", "default_permissions": True,
-    "entry_timeout": 0, "attr_timeout": 0, "negative_timeout": 0,
+    "entry_timeout": 0, "attr_timeout": 0.01, "negative_timeout": 0,
 }
 
 # libfuse2 splits writes into 4 KiB pieces unless big_writes; each piece would be parsed on
 # its own by simple_attr_write. 128 KiB is libfuse2's ceiling.
+# No atomic_o_trunc, though it would save a SETATTR per `echo > finalize`: with it the FUSE
+# module skips the truncate's setattr, and with it the kernel's clearing of set-id bits when
+# a user without CAP_FSETID truncates, which debugfs does.
 FUSE2_OPTIONS: dict[str, Any] = {
     **COMMON_OPTIONS, "use_ino": True, "big_writes": True, "max_write": MAX_WRITE,
 }
@@ -76,10 +82,10 @@ FUSE3_MAX_WRITE = MAX_WRITE  # struct fuse_conn_info.max_write: writes up to it 
 
 # Capabilities libfuse3 asks the kernel for by default and libfuse2 does not. Without
 # ATOMIC_O_TRUNC, `echo 1 > finalize` truncates through setattr first, as on a kernel (mtime
-# and ctime move); without HANDLE_KILLPRIV the kernel clears set-id bits on writes and
-# truncates, as it does for debugfs. The others change only how requests are sent (readdir
-# without READDIRPLUS, no parallel lookups, no async direct I/O, no ioctls on directories),
-# so that both backends see the same requests.
+# and ctime move, set-id bits are cleared); without HANDLE_KILLPRIV the kernel clears set-id
+# bits on writes too, as it does for debugfs. The others
+# change only how requests are sent (readdir without READDIRPLUS, no parallel lookups, no
+# async direct I/O, no ioctls on directories), so that both backends see the same requests.
 FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
 FUSE_CAP_IOCTL_DIR = 1 << 11
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
@@ -100,11 +106,14 @@ UTIME_OMIT = (1 << 30) - 2
 # The operations DebugfsOperations serves, in fusepy's names: fusepy installs whatever the
 # object has, mfusepy gets exactly these through _Fuse3Operations (fgetattr and ftruncate are
 # getattr and truncate with a file there).
+# No flush, getxattr, setxattr or removexattr: libfuse answers ENOSYS once, the kernel stops
+# sending them and says what debugfs says itself (close succeeds; the xattr calls fail with
+# EOPNOTSUPP), one round trip less per close and per `echo` (security.capability).
 OPERATIONS = (
     "getattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
-    "chmod", "chown", "truncate", "open", "read", "write", "statfs", "flush", "release",
-    "fsync", "setxattr", "getxattr", "listxattr", "removexattr", "opendir", "readdir",
-    "releasedir", "fsyncdir", "init", "destroy", "access", "create", "utimens", "ioctl",
+    "chmod", "chown", "truncate", "open", "read", "write", "statfs", "release", "fsync",
+    "listxattr", "opendir", "readdir", "releasedir", "fsyncdir", "init", "destroy", "access",
+    "create", "utimens", "ioctl",
 )
 
 
@@ -134,6 +143,18 @@ def _constant(fs: Debugfs) -> Callable[[], Debugfs]:
         return fs
 
     return current
+
+
+_thread = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """ctypes makes and frees a Python thread state (and maps and unmaps its frame stack) for
+    every callback from a libfuse worker thread: nearly half of each request's cost. One
+    reference of our own keeps it for the thread's life (libfuse keeps at most ten idle)."""
+    if not getattr(_thread, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _thread.kept = True
 
 
 def _set_time(value: int, now: int) -> int | None:
@@ -172,6 +193,7 @@ class DebugfsOperations:
         return self._current()
 
     def __call__(self, op: str, *args: Any) -> Any:
+        _keep_thread_state()
         # The bindings answer an unexpected exception with EINVAL and hide it: log it, say EIO.
         try:
             with self._tree_lock:
@@ -236,20 +258,10 @@ class DebugfsOperations:
         # default_permissions: the kernel decides and never asks
         return 0
 
-    # Extended attributes: none, as fusepy's defaults answered (installed by both backends).
-
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        raise FuseError(errno.ENOTSUP)
-
     def listxattr(self, path: str) -> list[str]:
+        """Extended attributes: none (an ENOSYS here would make listxattr EOPNOTSUPP, where
+        debugfs lists nothing)."""
         return []
-
-    def setxattr(self, path: str, name: str, value: bytes, options: int,
-                 position: int = 0) -> int:
-        raise FuseError(errno.ENOTSUP)
-
-    def removexattr(self, path: str, name: str) -> int:
-        raise FuseError(errno.ENOTSUP)
 
     # --- directories ----------------------------------------------------------------
 
@@ -304,9 +316,6 @@ class DebugfsOperations:
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         return _check(self._handle(fi).write(data, offset))
-
-    def flush(self, path: str, fi: Any) -> int:
-        return 0
 
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
         return 0
