@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from khofs.engine.boot import Reservation, boot_reservations
+from khofs.engine.crash_reserve import CrashKernel, parse_crashkernel
+from khofs.engine.kernel import Kernel
 from khofs.engine.machine import (
     MACHINES,
     X86_64,
@@ -207,3 +210,41 @@ def test_page_allocator_avoids_scratch_and_reservations() -> None:
             assert phys + size <= r.base or r.end <= phys
     pages.free_pages(taken[3], 9)
     assert pages.alloc_pages(9) == taken[3]
+
+
+@pytest.mark.parametrize("cmdline, ram, expected", [
+    ("crashkernel=256M", 16 * GiB, CrashKernel(256 * MiB)),
+    ("crashkernel=64M@0x20000000", 16 * GiB, CrashKernel(64 * MiB, 0x20000000)),
+    ("crashkernel=512M-2G:64M,2G-:256M", 16 * GiB, CrashKernel(256 * MiB)),
+    ("crashkernel=512M-2G:64M,2G-:256M", 1 * GiB, CrashKernel(64 * MiB)),
+    ("crashkernel=512M-2G:64M", 16 * GiB, CrashKernel(0)),  # no range holds the RAM
+    ("crashkernel=1G,high", 16 * GiB, CrashKernel(GiB, 0, 256 * MiB, True)),
+    ("crashkernel=1G,high crashkernel=128M,low", 16 * GiB, CrashKernel(GiB, 0, 128 * MiB, True)),
+    ("crashkernel=128M crashkernel=64M", 16 * GiB, CrashKernel(64 * MiB)),  # the last one
+    ("crashkernel=256Q", 16 * GiB, None),
+    ("crashkernel=64M@", 16 * GiB, None),
+    ("quiet", 16 * GiB, None),
+])
+def test_parse_crashkernel(cmdline: str, ram: int, expected: CrashKernel | None) -> None:
+    assert parse_crashkernel(cmdline, ram) == expected
+
+
+def test_crashkernel_is_a_kernel_allocation_that_grows_lowmem_scratch() -> None:
+    machine = MACHINES["laptop"]
+    k = Kernel(machine, "kho=on crashkernel=256M")
+    (r,) = [r for r in k.reservations if r.what == "crashkernel"]
+    assert (r.base, r.size, r.kern) == (0x6C000000, 256 * MiB, True)
+    assert r.base % (16 * MiB) == 0 and r.base + r.size <= 4 * GiB
+    assert "crashkernel reserved: 0x000000006c000000 - 0x000000007c000000 (256 MB)" in \
+        k.log.texts()
+    plain = Kernel(machine, "kho=on")
+    assert k.kern_totals.low == plain.kern_totals.low + 256 * MiB
+    assert k.scratch[0].size == round_up(k.kern_totals.low * 2, 2 * MiB)
+
+
+def test_crashkernel_high_takes_a_low_part_too() -> None:
+    k = Kernel(MACHINES["laptop"], "kho=on crashkernel=1G,high")
+    got = {r.what: (r.base, r.size) for r in k.reservations if r.what.startswith("crash")}
+    assert got["crashkernel"][0] >= 4 * GiB and got["crashkernel"][1] == GiB
+    assert got["crashkernel low"][0] + got["crashkernel low"][1] <= 4 * GiB
+    assert got["crashkernel low"][1] == 256 * MiB

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from khofs.engine.crash_reserve import (
+    DEFAULT_CRASH_KERNEL_LOW_SIZE,
+    crash_limits,
+    parse_crashkernel,
+)
 from khofs.engine.kexec import Handover
 from khofs.engine.kho import KhoIn
 from khofs.engine.machine import GiB, KiB, Machine, MiB
@@ -133,6 +138,48 @@ class Boot:
         for node in self.machine.nodes:
             self._alloc(f"NODE_DATA({node.nid})", "alloc_node_data", PG_DATA_T_SIZE,
                         SMP_CACHE_BYTES, nid=node.nid)
+
+    def reserve_crashkernel(self, cmdline: str) -> None:
+        """reserve_crashkernel_generic: below the low limit first (then high memory, with a
+        low part), high first with `,high`, or exactly at `@OFFSET`."""
+        ck = parse_crashkernel(cmdline, self.machine.memory_size)
+        if ck is None or not ck.size:
+            return
+        align, low_max, high_max = crash_limits(self.machine)
+        low_size = ck.low_size
+        if ck.base:
+            start, end = ck.base, ck.base + ck.size
+        else:
+            start, end = (low_max, high_max) if ck.high else (0, low_max)
+        base = self.mb.phys_alloc_range(ck.size, align, start, end)
+        if not base and not ck.base:
+            low_size = low_size if ck.high else DEFAULT_CRASH_KERNEL_LOW_SIZE
+            start, end = (0, low_max) if ck.high else (low_max, high_max)
+            base = self.mb.phys_alloc_range(ck.size, align, start, end)
+        if not base:
+            self.log.warn("crashkernel reservation failed - memory is in use." if ck.base
+                          else f"cannot allocate crashkernel (size:0x{ck.size:x})")
+            return
+        if base >= low_max and low_size and not self._crash_low(low_size, align, low_max):
+            self.mb.phys_free(base, ck.size)
+            return
+        self._record("crashkernel", "reserve_crashkernel_generic", base, ck.size)
+        self.log.info(f"crashkernel reserved: 0x{base:016x} - 0x{base + ck.size:016x} "
+                      f"({ck.size >> 20} MB)")
+
+    def _crash_low(self, size: int, align: int, low_max: int) -> bool:
+        """reserve_crashkernel_low: the part kdump needs below the low limit."""
+        low = self.mb.phys_alloc_range(size, align, 0, low_max)
+        if not low:
+            self.log.err(f"cannot allocate crashkernel low memory (size:0x{size:x}).")
+            return False
+        self._record("crashkernel low", "reserve_crashkernel_low", low, size)
+        self.log.info(f"crashkernel low memory reserved: 0x{low:08x} - 0x{low + size:08x} "
+                      f"({size >> 20} MB)")
+        return True
+
+    def _record(self, what: str, func: str, base: int, size: int) -> None:
+        self.reservations.append(Reservation(what, func, base, size, self._nid_at(base), True))
 
     def _present_sections(self, nid: int) -> list[int]:
         """The SPARSEMEM sections that hold some of this node's RAM (memblocks_present)."""
@@ -292,7 +339,11 @@ def boot_reservations(machine: Machine, memblock: Memblock, params: BootParams,
     # memblock may then allocate anywhere: memblock_set_current_limit(get_max_mapped()).
     memblock.current_limit = memblock.end_of_dram()
     boot.alloc_node_data()
+    if boot.x86:  # setup_arch: after initmem_init, before paging_init
+        boot.reserve_crashkernel(params.cmdline)
     boot.sparse_init()
+    if not boot.x86:  # arm64 bootmem_init: after sparse_init
+        boot.reserve_crashkernel(params.cmdline)
     boot.setup_per_cpu_areas()
     boot.reserve_mem(params.reserve_mem, kho_in)
     boot.setup_log_buf()
