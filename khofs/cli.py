@@ -93,7 +93,8 @@ def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     stage.add_argument("--load-only", action="store_true", help="kexec -l: load, no reboot")
     stage.add_argument("--exec-only", action="store_true", help="kexec -e: boot what is loaded")
     k.add_argument("--to", metavar="DIR", help="boot the next kernel in another process: "
-                   "write RAM and handover to DIR, unmount, stop")
+                   "write RAM and handover to DIR, unmount, stop (with --load-only: when "
+                   "this daemon is stopped later)")
 
 
 def _seed(text: str) -> int:
@@ -336,8 +337,6 @@ def cmd_kexec(args: argparse.Namespace) -> int:
                            or args.image or args.initrd):
         raise Usage("--exec-only boots what is loaded: it takes no --append, --command-line, "
                     "--image or --initrd")
-    if args.load_only and args.to:
-        raise Usage("--to executes the image: it cannot go with --load-only")
     to = os.path.abspath(args.to) if args.to else None
     request = KexecRequest(
         load=load, execute=not args.load_only, append=args.append,

@@ -127,6 +127,7 @@ class Host:
         self._kexec_lock = threading.Lock()  # one request's load and execute together
         self._log_changed = threading.Condition()
         self.gone_to: Path | None = None  # where the machine kexec'd away to
+        self.pending_to: Path | None = None  # `--load-only --to`: where a stop hands over
         for boot, rec in system.records:
             logger.info("%s", format_record(boot, rec))
         system.log_sink = self._log_sink
@@ -159,7 +160,7 @@ class Host:
                 if err:
                     return 1, message
             if not request.execute:
-                return 0, ""
+                return self._hand_over_at_stop(request.to)
             if request.to is not None:
                 return self._hand_over(Path(request.to))
             with self.lock:
@@ -173,6 +174,41 @@ class Host:
                 # kexec-tools' concat_cmdline: the reused command line, a space, the append
                 cmdline = f"{self.system.kernel.params.cmdline} {request.append}"
             return self.system.kexec_load(cmdline, request.image_size, request.initrd_size)
+
+    def _hand_over_at_stop(self, to: str | None) -> tuple[int, str]:
+        """kexec -l with --to: the loaded image goes to DIR when this daemon is stopped
+        (unmount, SIGTERM, SIGINT), as a machine whose next kernel was loaded reboots into
+        it. A load without --to forgets an earlier --to."""
+        self.pending_to = None
+        if to is None:
+            return 0, ""
+        path = Path(to)
+        real = os.path.realpath(path)
+        if real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/"):
+            return 1, f"{to}: inside the mount point it would hand over from"
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            return 1, f"{to}: {e.strerror or e}"
+        self.pending_to = path
+        return 0, ""
+
+    def hand_over_if_stopped_loaded(self) -> None:
+        """The daemon is stopping with an image loaded for another process: write it."""
+        with self.lock:
+            to, self.pending_to = self.pending_to, None
+            if to is None or self.system.loaded is None:
+                return
+            err, handoff = self.system.take_handoff()
+            if handoff is None:
+                return
+            try:
+                ramimage.write_handoff(to, self.system.machine, handoff)
+            except OSError as e:
+                self.logger.error("khofs: stopped with a loaded image, but cannot hand it "
+                                  "over: %s: %s", e.filename, e.strerror or e)
+                return
+        self.logger.info("khofs: stopped with a loaded image: handed over to %s", to)
 
     def _hand_over(self, to: Path) -> tuple[int, str]:
         """kexec -e into the process that will `khofs mount --boot-from to`."""
@@ -225,6 +261,7 @@ def _serve(host: Host, mountpoint: str, allow_other: bool, debug: bool,
               allow_other=allow_other, debug=debug, on_ready=on_ready)
     finally:
         control.close()
+        host.hand_over_if_stopped_loaded()
 
 
 def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool) -> int:

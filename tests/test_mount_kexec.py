@@ -245,6 +245,35 @@ def test_fuse_calls_never_see_a_half_switched_kernel(mount: Mounter, producers: 
 
 # --- into another process ---------------------------------------------------------------
 
+def test_a_daemon_stopped_after_a_load_hands_over(mount: Mounter, producers: str,
+                                                 tmp_path: Path) -> None:
+    """kexec -l with --to, then the daemon stops (umount, SIGTERM): the loaded image goes to
+    DIR, and `--boot-from DIR` boots it."""
+    first = mount("--producers", producers)
+    finalize(first)
+    out = blobs(first, "out")
+    handover = tmp_path / "handover"
+    ok(kexec(first, "--load-only", "--to", str(handover)))
+    assert is_mounted(first) and not handover.joinpath("handover.json").exists()
+    assert khofs("umount", str(first)).returncode == 0
+    assert sorted(os.listdir(handover)) == ["handover.json", "machine.json", "ram.img"]
+    assert "khofs: stopped with a loaded image: handed over to" in \
+        mount.logs[first].read_text()
+    second = mount("--boot-from", str(handover), "--producers", producers)
+    assert blobs(second, "in") == out
+    assert FOUND in [t for b, t in log_lines(second) if b == 2]
+
+
+def test_a_later_load_without_to_keeps_the_image_here(mount: Mounter, producers: str,
+                                                      tmp_path: Path) -> None:
+    first = mount("--producers", producers)
+    handover = tmp_path / "handover"
+    ok(kexec(first, "--load-only", "--to", str(handover)))
+    ok(kexec(first, "--load-only"))
+    assert khofs("umount", str(first)).returncode == 0
+    assert not handover.joinpath("handover.json").exists()
+
+
 def test_kexec_between_two_daemons(mount: Mounter, producers: str, tmp_path: Path) -> None:
     first = mount("--producers", producers)
     assert len(daemons(first)) == 1
