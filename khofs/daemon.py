@@ -155,6 +155,11 @@ class Host:
         with self._kexec_lock:
             if self.gone_to is not None:  # until the unmount: nothing left to kexec
                 return 1, f"the machine has kexec'd to {self.gone_to}"
+            if not request.load and not request.execute:  # kexec -u
+                with self.lock:
+                    self.system.kexec_unload()
+                    self.pending_to = None
+                return 0, ""
             if request.load:
                 err, message = self._load(request)
                 if err:

@@ -113,12 +113,12 @@ def _do(plan: Plan, rest: list[str]) -> int:
         print("kexec: khofs emulates kexec_file_load (-s) only: the kexec_load syscall (-c) "
               "carries no KHO handover", file=sys.stderr)
         return 1
-    if plan.unload:
-        return 0  # kexec_file_unload of an image khofs keeps until -e: nothing to undo here
     mount = os.environ.get("KHOFS_MOUNT")
     if not mount:
         print("kexec: KHOFS_MOUNT is not set: run this under `khofs run`", file=sys.stderr)
         return 1
+    if plan.unload:
+        return _request(plan, mount, None)  # neither load nor exec: kexec_file_unload
     if plan.load and not rest:
         print("No kernel specified", file=sys.stderr)
         sys.stderr.write(USAGE)
@@ -139,7 +139,8 @@ def _request(plan: Plan, mount: str, kernel: str | None) -> int:
         return EFAILED
     # --reuse-cmdline takes the running (emulated) kernel's line; without it, only --append
     reuse = {"append": plan.append} if plan.reuse else {"command_line": plan.append or ""}
-    request = KexecRequest(load=plan.load, execute=plan.execute, image_size=image,
+    request = KexecRequest(load=plan.load and not plan.unload,
+                           execute=plan.execute and not plan.unload, image_size=image,
                            initrd_size=initrd, **reuse)
     try:
         kexec(socket_path(mount), mount, request, lambda: None)

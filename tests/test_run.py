@@ -173,3 +173,10 @@ def test_luo_triage_script_unmodified(world: Path) -> None:
     assert r.stdout == "handover intact: mydrv \n"
     assert (out / "before/fdt").read_bytes() == (out / "after/fdt").read_bytes()
     assert (out / "after/sub_fdts/mydrv").read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
+
+
+def test_kexec_unload_forgets_the_image(world: Path) -> None:
+    r = run("--", "sh", "-c", f"kexec -s -l {world / 'bzImage'} --reuse-cmdline && kexec -u && "
+            "kexec -e; echo e=$?")
+    assert (r.returncode, r.stdout) == (0, "e=1\n")
+    assert r.stderr == "Nothing has been loaded!\n"

@@ -120,6 +120,11 @@ class System:
                            scratch_phys=seg.mem, scratch_len=len(table))
         return LoadedImage(handover, ((seg.mem, table),))
 
+    def kexec_unload(self) -> None:
+        """kexec -u (kexec_file_load with KEXEC_FILE_UNLOAD): forget the loaded image."""
+        with self.lock:
+            self.loaded = None
+
     # --- kexec -e -----------------------------------------------------------------------
 
     def kexec_execute(self) -> tuple[int, str]:
