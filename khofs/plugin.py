@@ -33,37 +33,9 @@ kernel has forgotten every preservation, so finalize callbacks should preserve, 
 An exception in FUNCTION or a callback is logged, traceback and all, as khofs's own lines
 ("khofs: plugin SPEC: ...") and counts as -EIO; nothing else changes.
 
-Example (examples/plugins/counter.py), a counter kept in one preserved page:
-
-    import errno
-    import struct
-
-    def counter(api):
-        phys, value = 0, 0
-        blob = api.retrieve_subtree("counter")
-        props = api.fdt_props(blob) if blob is not None else None
-        if props is not None and len(props.get("page", b"")) == 8:
-            phys = struct.unpack("<Q", props["page"])[0]
-            if api.restore_folio(phys) == 0:
-                value = struct.unpack("<Q", api.read(phys, 8))[0]
-            else:
-                phys = 0
-        if not phys:
-            phys = api.alloc_pages(0)
-            if not phys:
-                return -errno.ENOMEM
-        value += 1
-        api.write(phys, struct.pack("<Q", value))
-        api.log(f"counter: boot {api.boot}: value {value}")
-
-        def finalize():
-            err = api.preserve_folio(phys, 0)
-            if err:
-                return err
-            fdt = api.make_fdt("khofs,counter-v1", page=struct.pack("<Q", phys))
-            return api.add_subtree("counter", fdt)
-
-        api.on_finalize(finalize)
+Example: examples/plugins/counter.py keeps a boot counter in one preserved page (it reads
+the page the previous kernel handed over through its sub-tree, adds one, and on finalize
+preserves the page and adds the sub-tree again):
 
     $ khofs mount /mnt --plugin examples/plugins/counter.py:counter
 """

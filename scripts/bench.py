@@ -32,6 +32,8 @@ from contextlib import ExitStack, suppress
 from functools import partial
 from pathlib import Path
 
+from procs import alive, cmdline, is_mounted, run
+
 KHOFS = [sys.executable, "-m", "khofs"]
 HERE = Path(__file__).resolve().parent
 CFS_SOURCE = HERE / "bench" / "cfs.c"
@@ -109,30 +111,11 @@ def operations(out: Path) -> dict[str, Callable[[], object]]:
 
 # --- mounts: each registered for clean-up before anything can fail --------------------------
 
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def is_mounted(path: str) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
 def pid_of(pattern: str) -> int:
     out = run(["pgrep", "-f", pattern]).stdout.split()
     if len(out) != 1:
         raise RuntimeError(f"expected one process matching {pattern!r}, found {out}")
     return int(out[0])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/status").exists() and "State:\tZ" not in Path(
-        f"/proc/{pid}/status").read_text()
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
@@ -149,13 +132,6 @@ def force_unmount(mnt: str, pid: int | None) -> None:
         run(["umount", "-l", mnt])
     if pid is not None and alive(pid) and mnt in cmdline(pid):  # still ours, not a reused pid
         os.kill(pid, signal.SIGKILL)
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def khofs_mount(stack: ExitStack, mnt: str, *options: str) -> int:

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import libfdt
+from procs import alive, cmdline, is_mounted
+from procs import run as run_any
 
 KHOFS = [sys.executable, "-m", "khofs"]
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
@@ -111,15 +113,6 @@ class Stats:
 
 
 # --- checks ----------------------------------------------------------------------------------
-
-def daemon_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
 
 def check_root_fdt(data: bytes, names: set[str]) -> None:
     if data[:4] != FDT_MAGIC or len(data) < 40:
@@ -282,7 +275,7 @@ def step(exp: Expected, action: str, rng: random.Random, stats: Stats, lockfd: i
         finally:
             fcntl.flock(lockfd, fcntl.LOCK_UN)
     stats.note(action, err)
-    if not daemon_alive(exp.daemon):
+    if not alive(exp.daemon):
         raise Violation(f"the daemon (pid {exp.daemon}) is gone after {action}")
 
 
@@ -309,13 +302,7 @@ def worker(exp: Expected, seed: int, deadline: float, results: Any) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    return run_any(argv, timeout=60)
 
 
 def write_producers(d: Path) -> tuple[Path, dict[str, bytes]]:
@@ -344,15 +331,8 @@ def unmount(mnt: Path, pid: int | None) -> None:
         run([*KHOFS, "umount", str(mnt)])
     if is_mounted(mnt):
         run(["umount", "-l", str(mnt)])
-    if pid is not None and daemon_alive(pid) and str(mnt) in cmdline(pid):  # not a reused pid
+    if pid is not None and alive(pid) and str(mnt) in cmdline(pid):  # not a reused pid
         os.kill(pid, signal.SIGKILL)
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def summary(stats: Stats, procs: int, seconds: float, final: int | None) -> str:
@@ -426,7 +406,7 @@ def stress(procs: int, seconds: float, seed: int, workdir: Path) -> int:
                     consistency(exp)
             except (Violation, OSError) as e:
                 first = f"end state: {e}"
-            if not first and not daemon_alive(pid):
+            if not first and not alive(pid):
                 first = "the daemon is gone at the end"
         print(summary(total, procs, elapsed, final))
         if first:
