@@ -1,5 +1,5 @@
 """`python -m khofs` is the `khofs` command."""
 
-from khofs.cli import main
+from khofs.cli.main import main
 
 raise SystemExit(main())

@@ -37,8 +37,8 @@ from procs import alive, cmdline, is_mounted, run
 KHOFS = [sys.executable, "-m", "khofs"]
 HERE = Path(__file__).resolve().parent
 CFS_SOURCE = HERE / "bench" / "cfs.c"
-# khofs.fuse.serve's options, given to cfs so that both get the same FUSE requests from the
-# kernel for the same system calls. Keep the two in step.
+# khofs.daemon.fuse_edge.serve's options, given to cfs so that both get the same FUSE requests
+# from the kernel for the same system calls. Keep the two in step.
 # (cfs itself sets use_ino and direct_io, which libfuse3 no longer takes as options.)
 CFS_OPTIONS = ("default_permissions,fsname=cfs,subtype=cfs,"
                "entry_timeout=0,attr_timeout=0,negative_timeout=0")
@@ -292,11 +292,12 @@ def boot_times(runs: int) -> dict[str, list[float]]:
     """Booting each preset's emulated kernel in this process (parse, memblock, scratch,
     kho_init), in microseconds."""
     from khofs.engine.kernel import Kernel
-    from khofs.engine.machine import MACHINES
+    from khofs.machines.presets import MACHINES
+    from khofs.producers.table import boot_table
 
     out = {}
     for name, machine in MACHINES.items():
-        out[name] = timed(lambda m=machine: Kernel(m), runs)  # type: ignore[misc]
+        out[name] = timed(lambda m=machine: Kernel(m, "kho=on", boot_table()), runs)  # type: ignore[misc]
     return out
 
 

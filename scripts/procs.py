@@ -3,19 +3,16 @@ this module sits beside them on sys.path)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
+
+from khofs.daemon.mountinfo import is_mounted
+
+__all__ = ["alive", "cmdline", "is_mounted", "run"]
 
 
 def run(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
-
-
-def is_mounted(path: str | Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def alive(pid: int) -> bool:

@@ -306,7 +306,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def write_producers(d: Path) -> tuple[Path, dict[str, bytes]]:
-    from khofs.lib.dts import compile_dts
+    from khofs.producers.dts import compile_dts
 
     lines = []
     blobs = {}

@@ -6,7 +6,6 @@ when its test ends, passed or failed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from khofs.pytest_plugin import Kho, KhofsError
+from khofs.cli.pytest_plugin import Kho, KhofsError
+from khofs.daemon.mountinfo import is_mounted
 
 KHOFS = [sys.executable, "-m", "khofs"]
 
@@ -23,12 +23,6 @@ def khofs(*args: str, check: bool = False, **kw: object) -> subprocess.Completed
     """Run the khofs command as a user would."""
     return subprocess.run([*KHOFS, *args], capture_output=True, text=True, check=check,
                           timeout=60, **kw)  # type: ignore[call-overload]
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 class Mounter:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from khofs.daemon import runtime_dir, socket_path
+from khofs.daemon.state import runtime_dir, socket_path
 from tests.conftest import KHOFS, Mounter, is_mounted, khofs, sh
 from tests.test_cli import daemon_pid, one_line_error, wait_gone
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from khofs import fuse
-from khofs.daemon import pid_path
+from khofs.cli.pytest_plugin import Kho
+from khofs.daemon import fuse_edge as fuse
+from khofs.daemon.fuse_edge import DebugfsOperations, FuseError
+from khofs.daemon.state import pid_path
 from khofs.debugfs.file import SeqShow
 from khofs.debugfs.inode import Debugfs
-from khofs.fuse import DebugfsOperations, FuseError
-from khofs.pytest_plugin import Kho
 from tests.conftest import is_mounted, khofs
 
 OUT = "kho/out"
@@ -213,7 +213,7 @@ def test_fuse3_rename_with_flags_is_eperm_as_on_debugfs() -> None:
 def run_khofs(*args: str, env: dict[str, str] | None = None,
               code: str = "") -> subprocess.CompletedProcess[str]:
     """khofs in a fresh interpreter, after `code` (to take something away)."""
-    script = f"{code}\nfrom khofs.cli import main\nraise SystemExit(main({list(args)!r}))"
+    script = f"{code}\nfrom khofs.cli.main import main\nraise SystemExit(main({list(args)!r}))"
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=False, env={**os.environ, **(env or {})})
 

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from khofs.config import ConfigError, load_producers
-from khofs.lib.dts import compile_dts
+from khofs.errors import ProducersFileError
+from khofs.producers.dts import compile_dts
+from khofs.producers.producers_file import load_producers
 from tests.conftest import is_mounted, khofs
 from tests.test_cli import one_line_error
 from tests.test_kstrtox import ref_kstrtoull
@@ -134,7 +135,7 @@ VALID_DTB = compile_dts(VALID_DTS)
 
 
 def load(tmp_path: Path, toml: bytes, files: dict[str, bytes]) -> None:
-    """load_producers on these files: it returns, or raises ConfigError with one line that
+    """load_producers on these files: it returns, or raises ProducersFileError with one line that
     starts with the name of a file in tmp_path. Nothing else may escape."""
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -142,7 +143,7 @@ def load(tmp_path: Path, toml: bytes, files: dict[str, bytes]) -> None:
     path.write_bytes(toml)
     try:
         specs = load_producers(path)
-    except ConfigError as e:
+    except ProducersFileError as e:
         message = str(e)
         assert message and "\n" not in message and "Traceback" not in message, message
         assert message.startswith(str(tmp_path) + "/"), message

@@ -7,14 +7,15 @@ import struct
 
 import libfdt
 
-from khofs.engine.kernel import Kernel
 from khofs.engine.kexec import KexecBuf, Segment, kexec_file_load, locate_mem_hole
-from khofs.engine.machine import MACHINES, MiB
+from khofs.engine.machine import MiB
 from khofs.engine.memblock import Memblock
 from khofs.engine.memtrack import split_blocks
-from khofs.engine.producer import ProducerSpec
 from khofs.engine.system import System
-from khofs.lib.dts import compile_dts
+from khofs.machines.presets import MACHINES
+from khofs.producers.dts import compile_dts
+from khofs.producers.spec import ProducerSpec
+from tests.helpers import boot_kernel, boot_system
 from tests.test_kho import decode_map, read_blob
 
 SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; value = <1 2>; };')
@@ -23,7 +24,7 @@ KEPT = (0x100000000, 0x200000)
 
 def system(*producers: ProducerSpec, machine: str = "laptop", cmdline: str = "kho=on"
            ) -> System:
-    return System(MACHINES[machine], cmdline, producers)
+    return boot_system(MACHINES[machine], cmdline, producers)
 
 
 def test_bottom_up_and_top_down_skip_placed_segments() -> None:
@@ -192,7 +193,7 @@ def test_memblock_kho_scratch_only_restricts_allocations() -> None:
 
 
 def test_cold_kernel_has_no_kho_in() -> None:
-    k = Kernel(MACHINES["laptop"])
+    k = boot_kernel(MACHINES["laptop"])
     assert k.kho_in is None and k.debugfs.lookup("/kho/in") is None
 
 

@@ -9,8 +9,7 @@ import libfdt
 import pytest
 
 from khofs.engine.kernel import Kernel
-from khofs.engine.kho import KEXEC_KHO_FINALIZE
-from khofs.engine.machine import get_machine
+from khofs.engine.kho_out import KEXEC_KHO_FINALIZE
 from khofs.engine.memtrack import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS, split_blocks
 from khofs.engine.notifier import (
     NOTIFY_BAD,
@@ -20,15 +19,21 @@ from khofs.engine.notifier import (
     notifier_from_errno,
     notifier_to_errno,
 )
-from khofs.engine.producer import ProducerSpec
-from khofs.lib.dts import compile_dts
+from khofs.producers.config_producer import ConfigProducer
+from khofs.producers.dts import compile_dts
+from khofs.producers.spec import ProducerSpec
+from tests.helpers import LAPTOP, boot_kernel
 from tests.oracle import kho_root
 
 SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; value = <1 2>; };')
 
 
 def boot(*producers: ProducerSpec, cmdline: str = "kho=on") -> Kernel:
-    return Kernel(get_machine("laptop"), cmdline, producers)
+    return boot_kernel(LAPTOP, cmdline, producers)
+
+
+def config_producers(k: Kernel) -> list[ConfigProducer]:
+    return [p for p in k.drivers if isinstance(p, ConfigProducer)]
 
 
 def read_blob(k: Kernel, path: str) -> bytes:
@@ -96,7 +101,7 @@ def test_root_fdt_is_libfdt_bytes_and_sub_fdt_served() -> None:
     assert k.kho.finalize_set(1) == 0
     root = read_blob(k, "/kho/out/fdt")
     (map_phys,) = struct.unpack("<Q", libfdt.Fdt(root).getprop(0, "preserved-memory-map"))
-    subs = [(p.spec.name, p.fdt_phys) for p in k.producers]
+    subs = [(p.spec.name, p.fdt_phys) for p in config_producers(k)]
     assert root == kho_root(map_phys, subs)
     assert read_blob(k, "/kho/out/sub_fdts/alpha") == SUB
     assert all(not s.addr <= p <= s.addr + s.size for s in k.scratch for _, p in subs)
@@ -124,7 +129,7 @@ def test_memory_map_lists_root_page_sub_fdt_and_ranges() -> None:
     assert k.kho.finalize_set(1) == 0
     root = libfdt.Fdt(read_blob(k, "/kho/out/fdt"))
     (first,) = struct.unpack("<Q", root.getprop(0, "preserved-memory-map"))
-    expected = [(k.kho.ser.fdt_phys if k.kho.ser else 0, 0), (k.producers[0].fdt_phys, 0)]
+    expected = [(k.kho.ser.fdt_phys if k.kho.ser else 0, 0), (config_producers(k)[0].fdt_phys, 0)]
     for phys, size in ranges:
         expected += [(pfn << 12, o) for pfn, o in split_blocks(phys >> 12, (phys + size) >> 12)]
     assert decode_map(k, first) == sorted(expected, key=lambda x: (x[1], x[0]))

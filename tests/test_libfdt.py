@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from khofs.lib.dts import MAX_DTB_SIZE, check_dtb, compile_dts
 from khofs.lib.libfdt import (
     FDT_BEGIN_NODE,
     FDT_END,
@@ -33,6 +32,7 @@ from khofs.lib.libfdt import (
     FdtSw,
     fdt_totalsize,
 )
+from khofs.producers.dts import MAX_DTB_SIZE, check_dtb, compile_dts
 from tests.oracle import finished
 
 SETTINGS = settings(max_examples=200, deadline=None,

@@ -12,23 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from khofs.config import ConfigError
-from khofs.engine.kernel import Kernel
-from khofs.engine.machine import (
-    MACHINES,
-    X86_64,
-    GiB,
-    KiB,
-    Machine,
-    MiB,
-    Node,
-    arm64,
-    contiguous_nodes,
-    get_arch,
-    pc_nodes,
-)
-from khofs.host import host_machine
-from khofs.machine_file import load_machine, load_machine_file, parse_number
+from khofs.engine.machine import X86_64, GiB, KiB, Machine, MiB, Node, arm64, get_arch
+from khofs.errors import MachineError
+from khofs.machines.host import host_machine
+from khofs.machines.load import load_machine
+from khofs.machines.machine_file import load_machine_file, parse_number
+from khofs.machines.presets import MACHINES, contiguous_nodes, pc_nodes
+from tests.helpers import boot_kernel
 
 TiB = 1 << 40
 X86_HEAD = 'arch = "x86_64"\ncpus = 4\n'
@@ -45,7 +35,7 @@ def write(tmp_path: Path, text: str, name: str = "m.toml") -> Path:
 
 
 def error(path: Path | str) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MachineError) as info:
         load_machine(str(path))
     message = str(info.value)
     assert "\n" not in message
@@ -180,7 +170,7 @@ def test_arm64_ranges_high_ram(tmp_path: Path) -> None:
     assert m.nodes == (Node(0, ((0x80_0000_0000, 0x80_8000_0000),
                                 (0x88_8000_0000, 0x89_0000_0000))),
                        Node(1, ((TiB, TiB + 4 * GiB),)))
-    assert Kernel(m).scratch
+    assert boot_kernel(m).scratch
 
 
 def test_cmdline_carried(tmp_path: Path) -> None:
@@ -200,14 +190,14 @@ def test_tiny_machine_boots(tmp_path: Path) -> None:
                  '[[node]]\nranges = ["0x40000000+64M"]\n')
     m = load_machine(str(path))
     assert m.memory_size == 64 * MiB
-    Kernel(m)
+    boot_kernel(m)
 
 
 def test_eight_tib_four_nodes_boots_fast(tmp_path: Path) -> None:
     path = write(tmp_path, 'arch = "x86_64"\ncpus = 256\n' + '[[node]]\nsize = "2T"\n' * 4)
     start = time.perf_counter()
     m = load_machine(str(path))
-    kernel = Kernel(m)
+    kernel = boot_kernel(m)
     elapsed = time.perf_counter() - start
     assert m.memory_size == 8 * TiB - (MiB - 0x9F000)  # the PC's legacy hole
     assert m.nodes[3] == Node(3, ((6 * TiB + 2 * GiB, 8 * TiB + 2 * GiB),))
@@ -221,7 +211,7 @@ def test_largest_address_space_boots_fast(tmp_path: Path) -> None:
     ranges[0] = '"0x40000000-0x400000000000"'
     text = ARM_HEAD + "".join(f"[[node]]\nranges = [{r}]\n" for r in ranges)
     start = time.perf_counter()
-    Kernel(load_machine(str(write(tmp_path, text))))
+    boot_kernel(load_machine(str(write(tmp_path, text))))
     assert time.perf_counter() - start < 1.0
 
 
@@ -459,18 +449,18 @@ _NODE_KEYS = st.sampled_from(["ranges", "size", "x"])
        node_tables=st.lists(st.dictionaries(_NODE_KEYS, _VALUES, max_size=2), max_size=3))
 def test_never_a_traceback(tmp_path: Path, top: dict[str, str],
                            node_tables: list[dict[str, str]]) -> None:
-    """Whatever the structure, the answer is a Machine that boots or one ConfigError line."""
+    """Whatever the structure, the answer is a Machine that boots or one MachineError line."""
     text = "".join(f"{k} = {v}\n" for k, v in top.items())
     text += "".join("[[node]]\n" + "".join(f"{k} = {v}\n" for k, v in n.items())
                     for n in node_tables)
     path = write(tmp_path, text)
     try:
         machine = load_machine_file(path)
-    except ConfigError as e:
+    except MachineError as e:
         assert re.match(rf"{re.escape(str(path))}(:\d+)?: \S", str(e)), str(e)
         assert "\n" not in str(e)
         return
-    Kernel(machine)
+    boot_kernel(machine)
 
 
 # --- the host -------------------------------------------------------------------------------
@@ -553,7 +543,7 @@ def test_host_two_nodes_firmware_memmap(tmp_path: Path) -> None:
         nodes=(Node(0, ((0, 0x9F000), (MiB, 2 * GiB), (4 * GiB, 8 * GiB))),
                Node(1, ((8 * GiB, 17 * GiB),))),
         kernel_size=38 * MiB)
-    kernel = Kernel(m)
+    kernel = boot_kernel(m)
     assert kernel.kho_enabled and len(kernel.scratch) == 4
 
 
@@ -578,7 +568,7 @@ def test_host_zeroed_iomem_uses_memory_blocks(tmp_path: Path) -> None:
     assert m.kernel_size == 32 * MiB
     assert m.description == (f"arm64 (16 KiB pages), 768.0 MiB in 2 nodes, 8 CPUs, from "
                              f"{sys_root}/devices/system/node")
-    Kernel(m)
+    boot_kernel(m)
 
 
 def test_host_unreadable_iomem_falls_back_to_meminfo(tmp_path: Path) -> None:
@@ -590,7 +580,7 @@ def test_host_unreadable_iomem_falls_back_to_meminfo(tmp_path: Path) -> None:
     assert m.nodes == pc_nodes([16 * GiB])
     assert m.cpus == os.cpu_count()
     assert m.description.endswith(f"from {proc_root}/meminfo")
-    assert Kernel(m).kho_enabled
+    assert boot_kernel(m).kho_enabled
 
 
 def test_host_arm64_meminfo_and_iomem_kernel(tmp_path: Path) -> None:
@@ -624,14 +614,14 @@ def test_host_memmap_without_nodes(tmp_path: Path) -> None:
 ])
 def test_host_refusals(tmp_path: Path, kwargs: dict[str, object], expected: str) -> None:
     sys_root, proc_root = fake_tree(tmp_path, meminfo_kb=4 * 1024 * 1024)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MachineError) as info:
         host_machine(sys_root, proc_root, **kwargs)  # type: ignore[arg-type]
     assert str(info.value) == expected
 
 
 def test_host_without_any_memory_information(tmp_path: Path) -> None:
     sys_root, proc_root = fake_tree(tmp_path)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MachineError) as info:
         host_machine(sys_root, proc_root, machine_arch="x86_64", page_size=4096)
     assert str(info.value) == ("host: cannot tell how much RAM this machine has (no memory map "
                                f"and no MemTotal in {proc_root}/meminfo)")
@@ -639,7 +629,7 @@ def test_host_without_any_memory_information(tmp_path: Path) -> None:
 
 def test_host_too_small(tmp_path: Path) -> None:
     sys_root, proc_root = fake_tree(tmp_path, memmap=[(0x1000000, 0x2FFFFFF, "System RAM")])
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MachineError) as info:
         host_machine(sys_root, proc_root, machine_arch="x86_64", page_size=4096)
     assert str(info.value) == "host: only 32 MiB of RAM: a machine needs at least 64 MiB"
 
@@ -656,7 +646,7 @@ def test_real_host() -> None:
     # the RAM the kernel manages (MemTotal) is part of the RAM the machine has
     assert mem_total <= m.memory_size
     assert m.cpus >= (os.cpu_count() or 1)
-    kernel = Kernel(m)
+    kernel = boot_kernel(m)
     assert kernel.kho_enabled
     assert len(kernel.scratch) == len(m.nodes) + 2
     assert all(area.size > 0 for area in kernel.scratch[2:])

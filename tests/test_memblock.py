@@ -8,19 +8,7 @@ from hypothesis import strategies as st
 
 from khofs.engine.boot import Reservation, boot_reservations
 from khofs.engine.crash_reserve import CrashKernel, parse_crashkernel
-from khofs.engine.kernel import Kernel
-from khofs.engine.machine import (
-    MACHINES,
-    X86_64,
-    Arch,
-    GiB,
-    KiB,
-    Machine,
-    MiB,
-    arm64,
-    contiguous_nodes,
-    pc_nodes,
-)
+from khofs.engine.machine import X86_64, Arch, GiB, KiB, Machine, MiB, arm64
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ANYWHERE,
     MEMBLOCK_RSRV_KERN,
@@ -32,6 +20,8 @@ from khofs.engine.page_alloc import PageAllocator
 from khofs.engine.params import BootParams, ScratchParams
 from khofs.engine.printk import Printk
 from khofs.engine.scratch import KhoScratch, kho_reserve_scratch
+from khofs.machines.presets import MACHINES, contiguous_nodes, pc_nodes
+from tests.helpers import boot_kernel
 
 ANYWHERE = MEMBLOCK_ALLOC_ANYWHERE
 
@@ -231,19 +221,19 @@ def test_parse_crashkernel(cmdline: str, ram: int, expected: CrashKernel | None)
 
 def test_crashkernel_is_a_kernel_allocation_that_grows_lowmem_scratch() -> None:
     machine = MACHINES["laptop"]
-    k = Kernel(machine, "kho=on crashkernel=256M")
+    k = boot_kernel(machine, "kho=on crashkernel=256M")
     (r,) = [r for r in k.reservations if r.what == "crashkernel"]
     assert (r.base, r.size, r.kern) == (0x6C000000, 256 * MiB, True)
     assert r.base % (16 * MiB) == 0 and r.base + r.size <= 4 * GiB
     assert "crashkernel reserved: 0x000000006c000000 - 0x000000007c000000 (256 MB)" in \
         k.log.texts()
-    plain = Kernel(machine, "kho=on")
+    plain = boot_kernel(machine, "kho=on")
     assert k.kern_totals.low == plain.kern_totals.low + 256 * MiB
     assert k.scratch[0].size == round_up(k.kern_totals.low * 2, 2 * MiB)
 
 
 def test_crashkernel_high_takes_a_low_part_too() -> None:
-    k = Kernel(MACHINES["laptop"], "kho=on crashkernel=1G,high")
+    k = boot_kernel(MACHINES["laptop"], "kho=on crashkernel=1G,high")
     got = {r.what: (r.base, r.size) for r in k.reservations if r.what.startswith("crash")}
     assert got["crashkernel"][0] >= 4 * GiB and got["crashkernel"][1] == GiB
     assert got["crashkernel low"][0] + got["crashkernel low"][1] <= 4 * GiB

@@ -9,26 +9,30 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import libfdt
 import pytest
 
-from khofs.config import ConfigError, load_producers
-from khofs.engine.fill import check_and_fill, fill_ranges, first_corrupted
+from khofs.engine.driver import Driver
 from khofs.engine.kernel import Kernel
-from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
-from khofs.engine.kho_test import KHO_TEST_MAGIC, KhoTest, csum_partial, default_max_mem
-from khofs.engine.machine import MACHINES, X86_64, KiB, MiB, arm64
-from khofs.engine.memblock_kho import MemblockKho, build_memblock_fdt, reserve_mem_kho_revive
+from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
+from khofs.engine.machine import X86_64, KiB, MiB, arm64
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE, notifier_from_errno
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk
-from khofs.engine.producer import Producer, ProducerSpec
+from khofs.engine.reserve_mem import reserve_mem_kho_revive
 from khofs.engine.system import System
-from khofs.lib.dts import compile_dts
+from khofs.errors import PluginError, ProducersFileError
 from khofs.lib.libfdt import fdt_totalsize
-from khofs.plugin import ProducerAPI, load_plugin, make_fdt
+from khofs.machines.presets import MACHINES
+from khofs.producers.dts import compile_dts
+from khofs.producers.fill import check_and_fill, fill_ranges, first_corrupted
+from khofs.producers.lib_test_kho import KHO_TEST_MAGIC, KhoTest, csum_partial, default_max_mem
+from khofs.producers.memblock import MemblockKho, build_memblock_fdt
+from khofs.producers.plugin import ProducerAPI, load_plugin, make_fdt
+from khofs.producers.producers_file import load_producers
+from khofs.producers.spec import ProducerSpec
+from tests.helpers import boot_kernel, boot_system, drivers_of
 from tests.oracle import finished
 from tests.test_kho import read_blob
 
@@ -36,11 +40,11 @@ COUNTER = Path(__file__).parent.parent / "examples" / "plugins" / "counter.py"
 LAPTOP = MACHINES["laptop"]
 SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; };')
 
-Factory = Callable[[], Producer]
+Factory = Callable[[], Driver]
 
 
 def boot(*producers: ProducerSpec | Factory, cmdline: str = "kho=on") -> Kernel:
-    return Kernel(LAPTOP, cmdline, producers)
+    return boot_kernel(LAPTOP, cmdline, producers)
 
 
 def kexec(s: System, finalize: bool = True) -> Kernel:
@@ -59,7 +63,7 @@ def blob_at(k: Kernel, phys: int) -> bytes:
 
 
 def kho_test_of(k: Kernel) -> KhoTest:
-    found = [p for p in k.producers if isinstance(p, KhoTest)]
+    found = drivers_of(k, KhoTest)
     assert len(found) == 1
     return found[0]
 
@@ -191,7 +195,7 @@ def test_kho_test_checksum_is_the_folios_checksum() -> None:
 def test_kho_test_is_deterministic_per_seed() -> None:
     a, b = kho_test_of(boot(KhoTest)), kho_test_of(boot(KhoTest))
     assert (a.folios, a.csum) == (b.folios, b.csum)
-    c = kho_test_of(Kernel(LAPTOP, "kho=on", [KhoTest], seed=1))
+    c = kho_test_of(boot_kernel(LAPTOP, "kho=on", [KhoTest], seed=1))
     assert c.csum != a.csum
 
 
@@ -227,7 +231,7 @@ def test_kho_test_failure_at_finalize_is_a_bare_notify_bad() -> None:
 
 
 def test_kho_test_restores_after_kexec_and_saves_again_one_boot_later() -> None:
-    s = System(LAPTOP, "kho=on", [KhoTest])
+    s = boot_system(LAPTOP, "kho=on", [KhoTest])
     first = kho_test_of(s.kernel)
     second = kho_test_of(kexec(s))
     assert "test_kho: KHO restore succeeded" in lines(s, 2)
@@ -243,7 +247,7 @@ def test_kho_test_restores_after_kexec_and_saves_again_one_boot_later() -> None:
 def test_restored_folios_go_back_to_the_page_allocator() -> None:
     """folio_put after the checksum: the restored folios are free memory again, while the
     sub-FDT's folio stays reserved (6.17 never restores it)."""
-    s = System(LAPTOP, "kho=on", [KhoTest])
+    s = boot_system(LAPTOP, "kho=on", [KhoTest])
     saved = kho_test_of(s.kernel)
     k = kexec(s)
     assert k.kho_in is not None
@@ -261,7 +265,7 @@ def test_kho_test_restore_fails_silently_after_an_abort() -> None:
     """6.16/6.17: an abort forgets every preservation, and kho_test preserved its data at
     init only, so after finalize, abort, finalize and kexec its folios are gone: the
     restore fails, and 6.17 logs nothing about it."""
-    s = System(LAPTOP, "kho=on", [KhoTest])
+    s = boot_system(LAPTOP, "kho=on", [KhoTest])
     k = s.kernel
     assert k.kho.finalize_set(1) == 0 and k.kho.finalize_set(0) == 0
     k2 = kexec(s)
@@ -271,7 +275,7 @@ def test_kho_test_restore_fails_silently_after_an_abort() -> None:
 
 
 def test_kho_test_restore_checks_magic_from_the_edited_blob() -> None:
-    s = System(LAPTOP, "kho=on", [KhoTest])
+    s = boot_system(LAPTOP, "kho=on", [KhoTest])
     k = s.kernel
     assert k.kho.finalize_set(1) == 0
     t = kho_test_of(k)
@@ -282,7 +286,7 @@ def test_kho_test_restore_checks_magic_from_the_edited_blob() -> None:
 
 
 def test_kho_test_on_arm64_restores() -> None:
-    s = System(MACHINES["arm64-virt"], "kho=on", [KhoTest])
+    s = boot_system(MACHINES["arm64-virt"], "kho=on", [KhoTest])
     t = kho_test_of(s.kernel)
     assert t.csum == _csum_of(s.kernel, t, arm64_csum_model)
     kexec(s)
@@ -325,7 +329,7 @@ def test_memblock_sub_fdt_is_libfdts() -> None:
 
 def test_memblock_producer_with_reserve_mem() -> None:
     k = boot(cmdline="kho=on reserve_mem=4M:2M:trace")
-    m = k.memblock_kho  # reserve_mem_init, a late initcall after kho_init
+    (m,) = drivers_of(k, MemblockKho)  # reserve_mem_init, a late initcall after kho_init
     assert m.regions == k.reserved_mem and len(m.regions) == 1
     assert blob_at(k, m.fdt_phys) == memblock_oracle(m.regions)
     assert k.kho.finalize_set(1) == 0
@@ -337,9 +341,9 @@ def test_memblock_producer_with_reserve_mem() -> None:
 
 def test_memblock_producer_only_when_kho_and_regions() -> None:
     k = boot()
-    m = k.memblock_kho
+    (m,) = drivers_of(k, MemblockKho)
     assert not m.fdt_phys and k.kho.chain_head.call_chain(KEXEC_KHO_FINALIZE, None) == 0
-    off = Kernel(LAPTOP, "reserve_mem=4M:2M:trace", [])
+    off = boot_kernel(LAPTOP, "reserve_mem=4M:2M:trace", [])
     m = MemblockKho()
     free = off.pages.free_bytes()
     assert m.init(off) == 0 and not m.fdt_phys and off.pages.free_bytes() == free
@@ -392,9 +396,6 @@ def test_revive_takes_over_a_matching_region() -> None:
     kho_in, log = revive_env(memblock_oracle(REGIONS))
     assert reserve_mem_kho_revive(kho_in, "trace", 4 * MiB, 2 * MiB, log=log) == 0x47FC00000
     assert log.texts() == ["Revived memory reservation 'trace' from KHO"]
-    # the kernel form: its kho_in and its log
-    kernel = SimpleNamespace(kho_in=kho_in, log=log)
-    assert reserve_mem_kho_revive(kernel, "trace", 4 * MiB, 64) == 0x47FC00000  # type: ignore[arg-type]
 
 
 def test_revive_name_matches_as_fdt_subnode_offset() -> None:
@@ -466,15 +467,13 @@ def test_revive_without_a_usable_sub_tree() -> None:
     kho_in, _ = revive_env(b"", err=-errno.EINVAL)
     assert reserve_mem_kho_revive(kho_in, "trace", 4 * MiB, 64, log=log) is None
     assert log.texts() == ["failed to retrieve FDT 'memblock' from KHO: -22"]
-    with pytest.raises(TypeError):
-        reserve_mem_kho_revive(kho_in, "trace", 4 * MiB, 64)
 
 
 # --- plugins: loading ------------------------------------------------------------------
 
 
 def plugin_error(spec: str) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(PluginError) as info:
         load_plugin(spec)
     return str(info.value)
 
@@ -528,7 +527,7 @@ def plugin(tmp_path: Path, body: str, name: str = "plug") -> str:
 
 
 def test_counter_plugin_counts_across_kexecs() -> None:
-    s = System(LAPTOP, "kho=on", [load_plugin(f"{COUNTER}:counter")])
+    s = boot_system(LAPTOP, "kho=on", [load_plugin(f"{COUNTER}:counter")])
     kexec(s)
     kexec(s)
     kexec(s, finalize=False)
@@ -616,7 +615,7 @@ def setup(api):
                     or api.add_subtree("p", api.make_fdt("p-v1", page=page.to_bytes(8, "little"))))
     api.on_abort(lambda: api.log("aborted"))
 """, "cycle")
-    s = System(LAPTOP, "kho=on", [load_plugin(spec)])
+    s = boot_system(LAPTOP, "kho=on", [load_plugin(spec)])
     k = s.kernel
     assert k.kho.finalize_set(1) == 0 and k.kho.finalize_set(0) == 0
     assert "aborted" in lines(s, 1)
@@ -656,7 +655,7 @@ def load(tmp_path: Path, text: str) -> list[ProducerSpec]:
 
 
 def load_error(tmp_path: Path, text: str) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ProducersFileError) as info:
         load(tmp_path, text)
     return str(info.value).replace(f"{tmp_path}/", "")
 
@@ -736,7 +735,8 @@ def test_fill_survives_kexec_where_preserved_and_not_where_forgotten() -> None:
     kept = ProducerSpec("kept", SUB, preserve=((0x100000000, 0x200000),), fill=True)
     lost = ProducerSpec("lost", SUB, preserve=((0x100400000, 0x1000),), fill=True,
                         forget=((0x100600000, 0x3000),))
-    s = System(LAPTOP, "kho=on", [lambda: FillingProducer(kept), lambda: FillingProducer(lost)])
+    s = boot_system(LAPTOP, "kho=on",
+                    [lambda: FillingProducer(kept), lambda: FillingProducer(lost)])
     assert all("preserved memory" not in line for line in lines(s, 1))
     kexec(s)
     found = [line for line in lines(s, 2) if "preserved memory" in line]

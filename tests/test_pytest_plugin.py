@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from khofs.pytest_plugin import Kho
+from khofs.cli.pytest_plugin import Kho
 
 DTS = '/dts-v1/;\n/ {\n\tcompatible = "mydrv-v1";\n};\n'
 

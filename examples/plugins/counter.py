@@ -15,7 +15,7 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from khofs.plugin import ProducerAPI
+    from khofs.producers.plugin import ProducerAPI
 
 NAME = "counter"
 U64 = struct.Struct("<Q")

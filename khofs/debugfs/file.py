@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import errno
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from khofs.debugfs.inode import Debugfs, Dentry
+from khofs.debugfs.inode import Debugfs, Dentry, FileOps, OpenFile, ReadResult
 from khofs.lib.kstrtox import kstrtoull
-
-ReadResult = bytes | int
 
 
 def simple_read_from_buffer(data: bytes, size: int, off: int) -> ReadResult:
@@ -24,40 +21,6 @@ def simple_read_from_buffer(data: bytes, size: int, off: int) -> ReadResult:
     if off < 0:
         return -errno.EINVAL
     return data[off:off + size] if off < len(data) else b""
-
-
-class OpenFile(ABC):
-    """One open file description. Reads and writes after debugfs_remove fail with EIO, as
-    debugfs_file_get refuses a removed dentry."""
-
-    nonseekable = False
-
-    def __init__(self, dentry: Dentry) -> None:
-        self.dentry = dentry
-
-    def read(self, size: int, off: int) -> ReadResult:
-        if self.dentry.removed:
-            return -errno.EIO
-        return self._read(size, off)
-
-    def write(self, data: bytes, off: int) -> int:
-        if self.dentry.removed:
-            return -errno.EIO
-        return self._write(data, off)
-
-    @abstractmethod
-    def _read(self, size: int, off: int) -> ReadResult: ...
-
-    def _write(self, data: bytes, off: int) -> int:
-        # fs/read_write.c vfs_write: no ->write method, so no FMODE_CAN_WRITE
-        return -errno.EINVAL
-
-
-class FileOps(ABC):
-    """struct file_operations: what an open does for this file."""
-
-    @abstractmethod
-    def open(self, dentry: Dentry) -> OpenFile | int: ...
 
 
 # --- simple attributes: DEFINE_DEBUGFS_ATTRIBUTE over fs/libfs.c simple_attr_* ---------

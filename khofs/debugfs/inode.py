@@ -11,11 +11,8 @@ import itertools
 import stat
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from khofs.debugfs.file import FileOps
 
 S_IALLUGO = 0o7777
 
@@ -183,3 +180,42 @@ class Debugfs:
             dentry.inode.size = length
             dentry.inode.mtime_ns = dentry.inode.ctime_ns = time.time_ns()
             return 0
+
+
+# --- struct file and struct file_operations: what an open makes ----------------------
+
+ReadResult = bytes | int
+
+
+class OpenFile(ABC):
+    """One open file description. Reads and writes after debugfs_remove fail with EIO, as
+    debugfs_file_get refuses a removed dentry."""
+
+    nonseekable = False
+
+    def __init__(self, dentry: Dentry) -> None:
+        self.dentry = dentry
+
+    def read(self, size: int, off: int) -> ReadResult:
+        if self.dentry.removed:
+            return -errno.EIO
+        return self._read(size, off)
+
+    def write(self, data: bytes, off: int) -> int:
+        if self.dentry.removed:
+            return -errno.EIO
+        return self._write(data, off)
+
+    @abstractmethod
+    def _read(self, size: int, off: int) -> ReadResult: ...
+
+    def _write(self, data: bytes, off: int) -> int:
+        # fs/read_write.c vfs_write: no ->write method, so no FMODE_CAN_WRITE
+        return -errno.EINVAL
+
+
+class FileOps(ABC):
+    """struct file_operations: what an open does for this file."""
+
+    @abstractmethod
+    def open(self, dentry: Dentry) -> OpenFile | int: ...

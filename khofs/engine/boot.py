@@ -17,7 +17,7 @@ from khofs.engine.crash_reserve import (
     parse_crashkernel,
 )
 from khofs.engine.kexec import Handover
-from khofs.engine.kho import KhoIn
+from khofs.engine.kho_in import KhoIn
 from khofs.engine.machine import GiB, KiB, Machine, MiB
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ACCESSIBLE,
@@ -27,9 +27,9 @@ from khofs.engine.memblock import (
     round_down,
     round_up,
 )
-from khofs.engine.memblock_kho import reserve_mem_kho_revive
 from khofs.engine.params import BootParams, ReserveMem
 from khofs.engine.printk import Printk
+from khofs.engine.reserve_mem import reserve_mem_kho_revive
 
 SMP_CACHE_BYTES = 64
 PG_DATA_T_SIZE = 0x2B000  # sizeof(pg_data_t), page-rounded: "NODE_DATA(n) allocated" lines

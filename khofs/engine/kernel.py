@@ -2,8 +2,8 @@
 
 start_kernel: parse_early_param -> setup_arch (memblock, kho_populate when kexec'd with a
 handover, boot reservations) -> mm_core_init (kho_memory_init: the old scratch table and
-preserved memory, or kho_reserve_scratch on a cold boot; memblock_free_all) -> initcalls
-(drivers register their KHO notifiers; kho_init as a late_initcall builds kho/ in debugfs).
+preserved memory, or kho_reserve_scratch on a cold boot; memblock_free_all) -> the initcalls,
+level by level (drivers' module_init; kho_init as a late_initcall builds kho/ in debugfs).
 """
 
 from __future__ import annotations
@@ -14,28 +14,26 @@ from collections.abc import Callable, Sequence
 from khofs.debugfs.inode import Debugfs
 from khofs.engine.boot import boot_reservations
 from khofs.engine.cmdline import parse_cmdline
+from khofs.engine.driver import LATE_INITCALL, Driver, Initcall
 from khofs.engine.kexec import Handover
-from khofs.engine.kho import KhoContext, KhoIn, KhoOut
-from khofs.engine.kho_in import kho_memory_init, kho_populate
-from khofs.engine.kho_test import KhoTest
+from khofs.engine.kho_in import KhoIn, kho_memory_init, kho_populate
+from khofs.engine.kho_out import KhoContext, KhoOut
 from khofs.engine.machine import Machine
 from khofs.engine.memblock import Memblock
-from khofs.engine.memblock_kho import MemblockKho
 from khofs.engine.page_alloc import PageAllocator
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk, Record
-from khofs.engine.producer import ConfigProducer, Producer, ProducerSpec
 from khofs.engine.scratch import KernTotals, KhoScratch, kho_reserve_scratch
 from khofs.engine.slab import Kmalloc
 
-ProducerFactory = Callable[[], Producer]
-
 
 class Kernel:
-    """The emulated machine after one boot: its debugfs, its KHO state and its log."""
+    """The emulated machine after one boot: its debugfs, its KHO state and its log.
+
+    It is the `DriverContext` its drivers get (khofs.engine.driver)."""
 
     def __init__(self, machine: Machine, cmdline: str = "kho=on",
-                 producers: Sequence[ProducerSpec | ProducerFactory] = (), *, uid: int = 0,
+                 initcalls: Sequence[Initcall] = (), *, uid: int = 0,
                  gid: int = 0, log_sink: Callable[[Record], None] | None = None,
                  mem: PhysMem | None = None, handover: Handover | None = None,
                  boot_number: int = 1, seed: int = 0) -> None:
@@ -70,9 +68,9 @@ class Kernel:
         self.debugfs = Debugfs(uid, gid)
         ctx = KhoContext(self.mem, self.pages, self.slab, self.debugfs, self.log)
         self.kho = KhoOut(ctx, self.scratch)
-        self.producers = [_producer(p) for p in producers]
+        self.drivers: list[Driver] = []
         if self.kho_enabled:
-            self._initcalls()
+            self._do_initcalls(initcalls)
 
     def _kho_memory_init(self) -> list[KhoScratch] | None:
         """kho_memory_init: the previous kernel's scratch areas and preserved memory when
@@ -91,27 +89,22 @@ class Kernel:
             if not any(start <= phys < end for start, end in reserved):
                 self.mem.write(phys, self.rng.randbytes(self.mem.page_size))
 
-    def _initcalls(self) -> None:
-        """Drivers' module_init (device initcalls, lib/test_kho.c among them), then the late
-        initcalls in link order: kho_init (kernel/), then reserve_mem_init (mm/memblock.c)."""
-        for producer in self.producers:
-            self._init(producer)
-        if self.kho.init(self.kho_in):
-            # kho_init: err_free_fdt / err_free_scratch, then kho_enable = false (silently)
-            self.kho_enabled = False
-            return
-        self.memblock_kho = MemblockKho()
-        self._init(self.memblock_kho)
+    def _do_initcalls(self, table: Sequence[Initcall]) -> None:
+        """do_initcalls: level by level; within a level the kernel's own calls come first
+        (kernel/ links before mm/, drivers/ and lib/), then the table's in its order.
 
-    def _init(self, producer: Producer) -> None:
-        err = producer.init(self)
+        kho_init is the kernel's late_initcall; when it fails, KHO is disabled (silently, as
+        its err_free_fdt path does) and nothing later at that level sees KHO."""
+        for level in sorted({LATE_INITCALL, *(call.level for call in table)}):
+            if level == LATE_INITCALL and self.kho.init(self.kho_in):
+                self.kho_enabled = False
+                return
+            for call in table:
+                if call.level == level:
+                    self._init(call.make())
+
+    def _init(self, driver: Driver) -> None:
+        self.drivers.append(driver)
+        err = driver.init(self)
         if err:
-            self.log.err(f"khofs: producer {producer.name}: init failed: {err}")
-
-
-def _producer(p: ProducerSpec | ProducerFactory) -> Producer:
-    """A producer for this boot: a config producer, the kernel's test_kho module, or what a
-    plugin's factory makes."""
-    if not isinstance(p, ProducerSpec):
-        return p()
-    return KhoTest() if p.builtin == "kho_test" else ConfigProducer(p)
+            self.log.err(f"khofs: producer {driver.name}: init failed: {err}")

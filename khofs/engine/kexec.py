@@ -14,6 +14,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from khofs.engine.abi.kexec_handover import SCRATCH_ENTRY
 from khofs.engine.machine import KiB, Machine, MiB
 
 ULONG_MAX = (1 << 64) - 1
@@ -145,9 +146,30 @@ def kexec_file_load(bufs: Sequence[KexecBuf], ranges: Sequence[tuple[int, int]],
 
 def scratch_table_buf(count: int) -> KexecBuf:
     """kho_fill_kimage's segment: the scratch table, 64 KiB aligned, top-down."""
-    return KexecBuf("KHO scratch table", count * 16, SZ_64K, top_down=True)
+    return KexecBuf("KHO scratch table", count * SCRATCH_ENTRY.size, SZ_64K, top_down=True)
 
 
 def pack_scratch_table(areas: Sequence[tuple[int, int]]) -> bytes:
     """struct kho_scratch[]: u64 addr, u64 size, native (little) endian."""
-    return b"".join(struct.pack("<QQ", addr, size) for addr, size in areas)
+    return b"".join(SCRATCH_ENTRY.pack(addr, size) for addr, size in areas)
+
+
+# --- the image loaders' view of a kernel file (arch/x86/kernel/kexec-bzimage64.c,
+# arch/arm64/kernel/kexec_image.c): how big the kernel segment is ---------------------------
+
+BZIMAGE_MAGIC_OFF, BZIMAGE_INIT_SIZE_OFF = 0x202, 0x260
+ARM64_MAGIC_OFF, ARM64_IMAGE_SIZE_OFF = 56, 16
+
+
+def kernel_image_size(head: bytes, file_size: int) -> int:
+    """The kernel segment's size from a file's first bytes (at least 0x264 of them when the
+    file has them) and its size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
+    and the setup header's init_size (what the kernel needs in place, bss included); an
+    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size."""
+    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] == b"HdrS" and len(head) >= 0x264:
+        init_size: int = struct.unpack_from("<I", head, BZIMAGE_INIT_SIZE_OFF)[0]
+        return max(file_size, init_size)
+    if head[ARM64_MAGIC_OFF:ARM64_MAGIC_OFF + 4] == b"ARM\x64":
+        image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
+        return image_size or file_size
+    return file_size

@@ -6,29 +6,71 @@ scratch table as its own and reserves every preserved block (kho_mem_deserialize
 from __future__ import annotations
 
 import errno
-import struct
+from dataclasses import dataclass
 
+from khofs.debugfs.inode import Dentry
+from khofs.engine.abi.kexec_handover import (
+    CHUNK_ELM,
+    CHUNK_HDR,
+    KHO_FDT_COMPATIBLE,
+    PRESERVE_BITS,
+    PROP_PRESERVED_MEMORY_MAP,
+    PROP_SUB_FDT,
+    SCRATCH_ENTRY,
+    U64,
+)
 from khofs.engine.kexec import Handover
-from khofs.engine.kho import KHO_FDT_COMPATIBLE, PROP_PRESERVED_MEMORY_MAP, KhoIn
 from khofs.engine.memblock import Memblock
-from khofs.engine.memtrack import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk
 from khofs.engine.scratch import KhoScratch
-from khofs.lib.fdt_ro import fdt_check_header, fdt_parse
-from khofs.lib.libfdt import FDT_ERR_BADSTRUCTURE, fdt_totalsize
+from khofs.lib.fdt_ro import FdtNode, fdt_parse
+from khofs.lib.libfdt import FDT_ERR_BADSTRUCTURE
 
-MAX_FDT_READ = 16 << 20  # what khofs will read of a root FDT whose header claims more
 MAX_CHUNKS = 1 << 20  # a chunk list longer than this is taken to be a loop
 
 
-def _read_fdt(mem: PhysMem, phys: int) -> tuple[int, bytes]:
-    """The blob at phys, as far as its header is believable."""
-    head = mem.read(phys, 40)
-    err = fdt_check_header(head)
-    if err:
-        return err, b""
-    return 0, mem.read(phys, min(fdt_totalsize(head), MAX_FDT_READ))
+@dataclass
+class FdtDebugfs:
+    """struct fdt_debugfs: a published blob, so that abort can remove it."""
+
+    dentry: Dentry
+
+
+class KhoIn:
+    """struct kho_in, filled by kho_populate: the incoming root FDT, the scratch table, and
+    page->private of every preserved block (kho_mem_deserialize), for kho_restore_folio."""
+
+    def __init__(self, mem: PhysMem, fdt_phys: int, scratch_phys: int, root: FdtNode,
+                 ram: list[tuple[int, int]], max_page_order: int = 10) -> None:
+        self.mem = mem
+        self.max_page_order = max_page_order
+        self.fdt_phys = fdt_phys
+        self.scratch_phys = scratch_phys
+        self.root = root
+        self.ram = ram
+        self.orders: dict[int, int] = {}  # phys -> order, as deserialize_bitmap sets it
+        self.fdt_list: list[FdtDebugfs] = []
+
+    def retrieve_subtree(self, name: str) -> tuple[int, int]:
+        """kho_retrieve_subtree: (0, the sub-FDT's address) or (-ENOENT / -EINVAL, 0)."""
+        node = self.root.subnode(name)
+        if node is None:
+            return -errno.ENOENT, 0
+        prop = node.getprop(PROP_SUB_FDT)
+        if prop is None or len(prop) != 8:
+            return -errno.EINVAL, 0
+        return 0, U64.unpack(prop)[0]
+
+    def restore_folio(self, phys: int) -> int | None:
+        """kho_restore_folio: the folio's order from page->private, which is 0 for any page
+        deserialize did not mark (so an unpreserved page "restores" as order 0, as in 6.16);
+        None when phys is not RAM or the order is impossible."""
+        if not any(start <= phys < end for start, end in self.ram):
+            return None
+        order = self.orders.get(phys - phys % self.mem.page_size, 0)
+        return None if order > self.max_page_order else order
+
 
 
 def kho_populate(handover: Handover, mem: PhysMem, memblock: Memblock, log: Printk,
@@ -38,7 +80,7 @@ def kho_populate(handover: Handover, mem: PhysMem, memblock: Memblock, log: Prin
     if not handover.fdt_phys:
         return None
     fdt_phys = handover.fdt_phys
-    err, blob = _read_fdt(mem, fdt_phys)
+    err, blob = mem.read_fdt(fdt_phys)
     if err:
         log.warn(f"KHO: setup: handover FDT (0x{fdt_phys:x}) is invalid: {err}")
         _refuse(log)
@@ -66,8 +108,8 @@ def _refuse(log: Printk) -> None:
 
 def read_scratch_table(mem: PhysMem, phys: int, length: int) -> list[tuple[int, int]]:
     """The struct kho_scratch array the previous kernel loaded as a segment."""
-    data = mem.read(phys, length - length % 16)
-    return [struct.unpack_from("<QQ", data, i) for i in range(0, len(data), 16)]
+    data = mem.read(phys, length - length % SCRATCH_ENTRY.size)
+    return [SCRATCH_ENTRY.unpack_from(data, i) for i in range(0, len(data), SCRATCH_ENTRY.size)]
 
 
 def kho_memory_init(kho_in: KhoIn, handover: Handover, memblock: Memblock,
@@ -89,7 +131,7 @@ def kho_mem_deserialize(kho_in: KhoIn, memblock: Memblock, log: Printk) -> None:
         log.err("KHO: failed to get preserved memory bitmaps")
         return
     mem = kho_in.mem
-    chunk = struct.unpack("<Q", prop)[0]
+    chunk = U64.unpack(prop)[0]
     for _ in range(MAX_CHUNKS):
         if not chunk:
             return

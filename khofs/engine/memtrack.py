@@ -11,13 +11,11 @@ import errno
 import struct
 from dataclasses import dataclass, field
 
+from khofs.engine.abi.kexec_handover import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS
 from khofs.engine.physmem import PhysMem
 from khofs.engine.slab import Kmalloc
 
-PRESERVE_BITS = 512 * 8  # 6.16: 512-byte bitmaps (4096 bytes from 6.18)
 BITMAP_BYTES = PRESERVE_BITS // 8
-CHUNK_HDR = struct.Struct("<QII")  # struct khoser_mem_chunk_hdr: next, order, num_elms
-CHUNK_ELM = struct.Struct("<QQ")  # struct khoser_mem_bitmap_ptr: phys_start, bitmap
 
 
 @dataclass

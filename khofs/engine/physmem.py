@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from khofs.lib.fdt_ro import FdtNode, fdt_check_header, fdt_parse
+from khofs.lib.libfdt import FDT_HEADER_SIZE, fdt_totalsize
+
+# What khofs reads of an FDT whose header claims more: a handover can hold any bytes.
+MAX_FDT_READ = 16 << 20
+
 
 class PhysMem:
     """The bytes of RAM, addressed by physical address."""
@@ -64,6 +70,23 @@ class PhysMem:
     def touched(self) -> list[int]:
         """The address of every page something wrote (the only ones not all zero)."""
         return [pfn * self.page_size for pfn in self._pages]
+
+    def read_fdt(self, phys: int) -> tuple[int, bytes]:
+        """The FDT blob at phys as far as its header is believable (fdt_check_header, then
+        fdt_totalsize bytes, at most MAX_FDT_READ): (0, blob) or (a libfdt error, b"")."""
+        head = self.read(phys, FDT_HEADER_SIZE)
+        err = fdt_check_header(head)
+        if err:
+            return err, b""
+        return 0, self.read(phys, min(fdt_totalsize(head), MAX_FDT_READ))
+
+    def parse_fdt(self, phys: int) -> FdtNode | None:
+        """The tree of the FDT at phys, or None when libfdt would refuse it."""
+        err, blob = self.read_fdt(phys)
+        if err:
+            return None
+        root = fdt_parse(blob)
+        return None if isinstance(root, int) else root
 
     def page_view(self, phys: int) -> memoryview:
         """A writable view of one whole page, for code that builds data in place (libfdt)."""

@@ -3,7 +3,7 @@
 `kexec_load` is `kexec -s -l` (kexec_file_load: with KHO on, kho_fill_kimage's scratch table
 segment first, then the image loader's segments, all inside scratch areas); `kexec_execute`
 is `kexec -e`: the segments are copied to their destinations and the next kernel boots in the
-same RAM with the handover. A `Handoff` carries all that to another process.
+same RAM with the handover. A `MachineState` carries all that to another process.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from khofs.engine.kernel import Kernel, ProducerFactory
+from khofs.engine.driver import Initcall
+from khofs.engine.kernel import Kernel
 from khofs.engine.kexec import (
     Handover,
     Segment,
@@ -25,7 +26,6 @@ from khofs.engine.kexec import (
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
-from khofs.engine.producer import ProducerSpec
 
 LogSink = Callable[[int, Record], None]
 
@@ -39,9 +39,9 @@ class LoadedImage:
 
 
 @dataclass
-class Handoff:
-    """Everything the next kernel needs, to boot it in another process: RAM, the loaded
-    image, and the story so far."""
+class MachineState:
+    """What `kexec -e` into another process carries: RAM, the loaded image (its handover
+    included), and the story so far."""
 
     pages: dict[int, bytes]  # page address -> contents, for every page ever written
     image: LoadedImage
@@ -57,11 +57,11 @@ def format_record(boot: int, rec: Record) -> str:
 
 class System:
     def __init__(self, machine: Machine, cmdline: str,
-                 producers: Sequence[ProducerSpec | ProducerFactory] = (), *, seed: int = 0,
+                 initcalls: Sequence[Initcall] = (), *, seed: int = 0,
                  uid: int = 0, gid: int = 0, log_sink: LogSink | None = None,
-                 handoff: Handoff | None = None) -> None:
+                 state: MachineState | None = None) -> None:
         self.machine = machine
-        self.producers = producers
+        self.initcalls = initcalls
         self.seed = seed
         self.uid, self.gid = uid, gid
         self.log_sink = log_sink
@@ -69,13 +69,13 @@ class System:
         self.mem = PhysMem(machine.arch.page_size)
         self.records: list[tuple[int, Record]] = []
         self.loaded: LoadedImage | None = None
-        if handoff is None:
+        if state is None:
             self.kernel = self._boot(cmdline, None, 1)
             return
-        self.seed = handoff.seed
-        self.mem.load_pages(handoff.pages)
-        self.records = list(handoff.records)
-        self.kernel = self._start(handoff.image, handoff.boot_number + 1)
+        self.seed = state.seed
+        self.mem.load_pages(state.pages)
+        self.records = list(state.records)
+        self.kernel = self._start(state.image, state.boot_number + 1)
 
     def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
         def sink(rec: Record) -> None:
@@ -83,7 +83,7 @@ class System:
             if self.log_sink is not None:
                 self.log_sink(number, rec)
 
-        return Kernel(self.machine, cmdline, self.producers, uid=self.uid, gid=self.gid,
+        return Kernel(self.machine, cmdline, self.initcalls, uid=self.uid, gid=self.gid,
                       log_sink=sink, mem=self.mem, handover=handover, boot_number=number,
                       seed=self.seed)
 
@@ -137,14 +137,14 @@ class System:
             self.kernel = self._start(image, number + 1)
             return 0, ""
 
-    def take_handoff(self) -> tuple[int, Handoff | None]:
+    def kexec_away(self) -> tuple[int, MachineState | None]:
         """kexec -e into another process: what it needs, and this kernel is gone."""
         with self.lock:
             if self.loaded is None:
                 return -errno.EINVAL, None
             image = self.loaded
             number = self._leave()
-            return 0, Handoff(self.mem.pages(), image, number, list(self.records), self.seed)
+            return 0, MachineState(self.mem.pages(), image, number, list(self.records), self.seed)
 
     def _leave(self) -> int:
         """machine_kexec: the old kernel's last line; its files are gone with it."""

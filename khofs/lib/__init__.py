@@ -1,1 +1,6 @@
-"""Helpers that mirror the kernel's lib/: shared by the engine and the debugfs layer."""
+"""Ports of what the kernel's lib/ and scripts/dtc/libfdt give: kstrtox, the command-line
+helpers (memparse, parse_args), libfdt's sequential writer and its read side, and khofs's
+size formats. Pure functions over bytes and strings.
+
+Imports: nothing of khofs.
+"""

@@ -24,6 +24,7 @@ from khofs.lib.libfdt import (
     FDT_NOP,
     FDT_PROP,
     fdt_next_tag,
+    fdt_totalsize,
 )
 
 _HEADER = struct.Struct(">10I")
@@ -47,6 +48,11 @@ def fdt_check_header(data: bytes) -> int:
         if not FDT_HEADER_SIZE <= off <= totalsize or off + size > totalsize:
             return -FDT_ERR_TRUNCATED
     return 0
+
+
+def fdt_check_blob(blob: bytes) -> bool:
+    """These bytes hold a whole FDT: its header checks and its totalsize fits in them."""
+    return not fdt_check_header(blob[:FDT_HEADER_SIZE]) and fdt_totalsize(blob) <= len(blob)
 
 
 @dataclass

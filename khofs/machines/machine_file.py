@@ -49,20 +49,11 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from khofs.config import ConfigError
-from khofs.engine.machine import (
-    MACHINES,
-    Arch,
-    GiB,
-    KiB,
-    Machine,
-    MiB,
-    Node,
-    contiguous_nodes,
-    get_arch,
-    pc_nodes,
-)
+from khofs.engine.machine import Arch, GiB, KiB, Machine, MiB, Node, get_arch
+from khofs.errors import MachineError
 from khofs.lib.cmdline import memparse, simple_strtoull
+from khofs.lib.sizes import exact_size, rounded_size
+from khofs.machines.presets import contiguous_nodes, pc_nodes
 
 TOP_KEYS = ("name", "description", "arch", "page_size", "cpus", "kernel_size", "initrd_size",
             "cmdline", "node")
@@ -81,21 +72,8 @@ X86_INITRD_ADDR_MAX = 2 * GiB  # where x86 boot loaders put the initrd: below th
 ARM64_INITRD_MAX_OFFSET = 128 * MiB  # QEMU hw/arm/boot.c: MIN(ram_size / 2, 128 MiB) into RAM
 
 
-def load_machine(spec: str) -> Machine:
-    """What the user gave to --machine: a preset, `host`, or the path of a machine file."""
-    if spec in MACHINES:
-        return MACHINES[spec]
-    if spec == "host":
-        from khofs.host import host_machine  # host.py builds on this module's checks
-        return host_machine()
-    if "/" in spec or spec.endswith(".toml") or Path(spec).is_file():
-        return load_machine_file(spec)
-    names = ", ".join(MACHINES)
-    raise ConfigError(f"--machine {spec}: unknown machine ({names}, host, or a .toml file)")
-
-
 def load_machine_file(path: str | Path) -> Machine:
-    """A machine file, checked whole; ConfigError with one line for any problem in it."""
+    """A machine file, checked whole; MachineError with one line for any problem in it."""
     source = Source.read(path)
     try:
         return _MachineFile(source).machine()
@@ -141,15 +119,15 @@ class Source:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
-            raise ConfigError(f"{path}: {e.strerror or e}") from None
+            raise MachineError(f"{path}: {e.strerror or e}") from None
         try:
             return cls(str(path), data.decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+            raise MachineError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
-    def error(self, problem: LayoutProblem) -> ConfigError:
+    def error(self, problem: LayoutProblem) -> MachineError:
         where = self.path if problem.line is None else f"{self.path}:{problem.line}"
-        return ConfigError(f"{where}: {problem.text}")
+        return MachineError(f"{where}: {problem.text}")
 
     def region(self, node: int | None) -> tuple[int, int]:
         """The lines of the top level (before the first table) or of the node-th [[node]]
@@ -232,19 +210,10 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
-def human(size: int) -> str:
-    """A size in the largest binary unit that divides it exactly."""
-    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
-        if size and size % unit == 0:
-            return f"{size // unit} {name}"
-    return f"{size:#x} bytes"
-
-
 def describe(arch: Arch, nodes: tuple[Node, ...], cpus: int, source: str) -> str:
     """The default description: "x86_64, 23.4 GiB in 1 node, 2 CPUs, from FILE"."""
     size = sum(n.size for n in nodes)
-    amount = f"{size / TiB:.1f} TiB" if size >= TiB else \
-        f"{size / GiB:.1f} GiB" if size >= GiB else f"{size / MiB:.1f} MiB"
+    amount = rounded_size(size)
     pages = "" if arch.page_size == 4 * KiB else f" ({arch.page_size // KiB} KiB pages)"
     plural = "" if len(nodes) == 1 else "s"
     cpu_plural = "" if cpus == 1 else "s"
@@ -288,8 +257,8 @@ def check_layout(layout: Layout) -> None:
     _check_ranges(layout.arch, layout.ranges)
     total = sum(r.end - r.start for r in layout.ranges)
     if total < MIN_RAM:
-        raise LayoutProblem(f"only {human(total)} of RAM: a machine needs at least "
-                            f"{human(MIN_RAM)}", layout.nodes_line)
+        raise LayoutProblem(f"only {exact_size(total)} of RAM: a machine needs at least "
+                            f"{exact_size(MIN_RAM)}", layout.nodes_line)
     spans = _spans(layout.ranges)
     kernel = _check_kernel(layout, spans)
     _check_initrd(layout, spans, kernel)
@@ -309,13 +278,14 @@ def _check_ranges(arch: Arch, ranges: list[RamRange]) -> None:
         if r.end < r.start:
             raise LayoutProblem(f"{what}: ends before it starts", r.line)
         if r.start % arch.page_size or r.end % arch.page_size:
-            raise LayoutProblem(f"{what}: not aligned to the {human(arch.page_size)} page size",
+            raise LayoutProblem(f"{what}: not aligned to the "
+                                f"{exact_size(arch.page_size)} page size",
                                 r.line)
         if r.end > PHYS_LIMIT:
             raise LayoutProblem(f"{what}: reaches 2**52 (4 PiB) or above, past any physical "
                                 "address", r.line)
         if r.end > max_phys:
-            raise LayoutProblem(f"{what}: reaches {human(max_phys)} or above, past the RAM "
+            raise LayoutProblem(f"{what}: reaches {exact_size(max_phys)} or above, past the RAM "
                                 f"{arch.name} kernels use (MAX_PHYSMEM_BITS "
                                 f"{arch.max_physmem_bits})", r.line)
         at = bisect.bisect_left(seen, (r.start, r.end, index))
@@ -345,7 +315,7 @@ def _check_kernel(layout: Layout, spans: list[tuple[int, int]]) -> tuple[int, in
     """The image where boot.py reserves it: x86-64 at CONFIG_PHYSICAL_START (16 MiB),
     arm64 2 MiB into RAM. Returns its [start, end)."""
     arch = layout.arch
-    what = f"kernel_size {layout.kernel_label or human(layout.kernel_size)}"
+    what = f"kernel_size {layout.kernel_label or exact_size(layout.kernel_size)}"
     if layout.kernel_size <= 0:
         raise LayoutProblem(f"{what}: must be more than 0", layout.kernel_line)
     base = arch.kernel_base(min(s for s, _ in spans))
@@ -366,7 +336,7 @@ def _check_initrd(layout: Layout, spans: list[tuple[int, int]],
     size = -(-layout.initrd_size // arch.page_size) * arch.page_size
     if not size:
         return
-    what = f"initrd_size {layout.initrd_label or human(layout.initrd_size)}"
+    what = f"initrd_size {layout.initrd_label or exact_size(layout.initrd_size)}"
     line = layout.initrd_line or layout.nodes_line
     if arch.name == "x86_64":
         # _check_kernel found RAM at 16 MiB: there is some below 2 GiB
@@ -413,7 +383,7 @@ class _MachineFile:
         try:
             self.doc = tomllib.loads(source.text)
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source.path}: {e}") from None
+            raise MachineError(f"{source.path}: {e}") from None
 
     def machine(self) -> Machine:
         self._unknown(self.doc, TOP_KEYS, None, "")
@@ -594,7 +564,7 @@ class _MachineFile:
                 raise self._fail(f"node {nid} has no RAM: size {text}", "size", nid)
             if size % arch.page_size:
                 raise self._fail(f"node {nid} size {text}: not a multiple of the "
-                                 f"{human(arch.page_size)} page size", "size", nid)
+                                 f"{exact_size(arch.page_size)} page size", "size", nid)
             if arch.name == "x86_64" and nid == 0 and size <= MiB:
                 raise self._fail(f"node 0 size {text}: a PC's node 0 needs more than its "
                                  "first 1 MiB", "size", nid)

@@ -10,34 +10,28 @@ and libfdt results are OR-ed together exactly as the kernel does (`err |= fdt_..
 from __future__ import annotations
 
 import errno
-import struct
 import threading
 from dataclasses import dataclass, field
 
 from khofs.debugfs.file import BlobWrapper, SeqShow, SimpleAttr, create_blob
 from khofs.debugfs.inode import Debugfs, Dentry
+from khofs.engine.abi.kexec_handover import (
+    KHO_FDT_COMPATIBLE,
+    PROP_PRESERVED_MEMORY_MAP,
+    PROP_SUB_FDT,
+    U64,
+)
+from khofs.engine.kho_in import FdtDebugfs, KhoIn
 from khofs.engine.memtrack import MemTrack
 from khofs.engine.notifier import BlockingNotifierHead, NotifierBlock, notifier_to_errno
 from khofs.engine.physmem import PhysMem, PhysRange
 from khofs.engine.printk import Printk
 from khofs.engine.scratch import KhoScratch
 from khofs.engine.slab import Kmalloc, PageSource
-from khofs.lib.fdt_ro import FdtNode
-from khofs.lib.libfdt import FdtSw, fdt_totalsize
+from khofs.lib.libfdt import FDT_HEADER_SIZE, FdtSw, fdt_totalsize
 
 KEXEC_KHO_FINALIZE = 0
 KEXEC_KHO_ABORT = 1
-
-KHO_FDT_COMPATIBLE = "kho-v1"
-PROP_PRESERVED_MEMORY_MAP = "preserved-memory-map"
-PROP_SUB_FDT = "fdt"
-
-
-@dataclass
-class FdtDebugfs:
-    """struct fdt_debugfs: a published blob, so that abort can remove it."""
-
-    dentry: Dentry
 
 
 @dataclass
@@ -104,7 +98,7 @@ class KhoOut:
         """kho_add_subtree: a node `name` with the sub-FDT's address, and its blob."""
         err = 0
         err |= ser.fdt.begin_node(name)
-        err |= ser.fdt.property(PROP_SUB_FDT, struct.pack("<Q", fdt_phys))
+        err |= ser.fdt.property(PROP_SUB_FDT, U64.pack(fdt_phys))
         err |= ser.fdt.end_node()
         if err:
             return err
@@ -115,7 +109,7 @@ class KhoOut:
     def _debugfs_fdt_add(self, fdt_list: list[FdtDebugfs], parent: Dentry | None, name: str,
                          fdt_phys: int) -> int:
         """kho_debugfs_fdt_add: a 0400 blob of fdt_totalsize bytes over the live memory."""
-        size = fdt_totalsize(self.ctx.mem.read(fdt_phys, 40))
+        size = fdt_totalsize(self.ctx.mem.read(fdt_phys, FDT_HEADER_SIZE))
         wrapper = BlobWrapper(PhysRange(self.ctx.mem, fdt_phys), size)
         dentry = create_blob(self.ctx.debugfs, name, 0o400, parent, wrapper)
         if isinstance(dentry, int):
@@ -159,7 +153,7 @@ class KhoOut:
                 log.warn(f"KHO: node `{child.name}`'s prop `fdt` has invalid length: "
                          f"{len(prop)}")
                 continue
-            phys = struct.unpack("<Q", prop)[0]
+            phys = U64.unpack(prop)[0]
             err = self._debugfs_fdt_add(kho_in.fdt_list, sub_fdts, child.name, phys)
             if err:
                 log.warn(f"KHO: failed to add fdt `{child.name}` to debugfs: {err}")
@@ -255,7 +249,7 @@ class KhoOut:
         if first < 0:
             return first
         ser.preserved_mem_map = chunks
-        self.ctx.mem.write(ser.fdt_phys + map_off, struct.pack("<Q", first))
+        self.ctx.mem.write(ser.fdt_phys + map_off, U64.pack(first))
         return 0
 
     def finalize_get(self) -> tuple[int, int]:
@@ -279,38 +273,3 @@ class KhoOut:
                 return ret
             self.finalized = val
             return self._update_debugfs_fdt()
-
-
-class KhoIn:
-    """struct kho_in, filled by kho_populate: the incoming root FDT, the scratch table, and
-    page->private of every preserved block (kho_mem_deserialize), for kho_restore_folio."""
-
-    def __init__(self, mem: PhysMem, fdt_phys: int, scratch_phys: int, root: FdtNode,
-                 ram: list[tuple[int, int]], max_page_order: int = 10) -> None:
-        self.mem = mem
-        self.max_page_order = max_page_order
-        self.fdt_phys = fdt_phys
-        self.scratch_phys = scratch_phys
-        self.root = root
-        self.ram = ram
-        self.orders: dict[int, int] = {}  # phys -> order, as deserialize_bitmap sets it
-        self.fdt_list: list[FdtDebugfs] = []
-
-    def retrieve_subtree(self, name: str) -> tuple[int, int]:
-        """kho_retrieve_subtree: (0, the sub-FDT's address) or (-ENOENT / -EINVAL, 0)."""
-        node = self.root.subnode(name)
-        if node is None:
-            return -errno.ENOENT, 0
-        prop = node.getprop(PROP_SUB_FDT)
-        if prop is None or len(prop) != 8:
-            return -errno.EINVAL, 0
-        return 0, struct.unpack("<Q", prop)[0]
-
-    def restore_folio(self, phys: int) -> int | None:
-        """kho_restore_folio: the folio's order from page->private, which is 0 for any page
-        deserialize did not mark (so an unpreserved page "restores" as order 0, as in 6.16);
-        None when phys is not RAM or the order is impossible."""
-        if not any(start <= phys < end for start, end in self.ram):
-            return None
-        order = self.orders.get(phys - phys % self.mem.page_size, 0)
-        return None if order > self.max_page_order else order

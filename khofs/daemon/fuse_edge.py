@@ -39,10 +39,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from khofs.debugfs.file import OpenFile
-from khofs.debugfs.inode import Debugfs, Dentry
+from khofs.debugfs.inode import Debugfs, Dentry, OpenFile
 
-log = logging.getLogger("khofs.fuse")
+log = logging.getLogger("khofs.daemon.fuse_edge")
 
 ENV = "KHOFS_FUSE"
 DEFAULT_BACKEND = "2"

@@ -20,9 +20,9 @@ import platform
 import re
 from pathlib import Path
 
-from khofs.config import ConfigError
-from khofs.engine.machine import Arch, GiB, Machine, Node, contiguous_nodes, get_arch, pc_nodes
-from khofs.machine_file import (
+from khofs.engine.machine import Arch, GiB, Machine, Node, get_arch
+from khofs.errors import MachineError
+from khofs.machines.machine_file import (
     DEFAULT_KERNEL_SIZE,
     Layout,
     LayoutProblem,
@@ -31,6 +31,7 @@ from khofs.machine_file import (
     describe,
     nodes_of,
 )
+from khofs.machines.presets import contiguous_nodes, pc_nodes
 
 ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 # /proc/iomem: "START-END : NAME", indented two spaces per level, END inclusive
@@ -54,7 +55,7 @@ def host_machine(sys_root: str = "/sys", proc_root: str = "/proc", *,
     try:
         check_layout(Layout(arch, ranges, kernel_size, 0))
     except LayoutProblem as problem:
-        raise ConfigError(f"host: {problem.text}") from None
+        raise MachineError(f"host: {problem.text}") from None
     nodes = nodes_of(ranges)
     return Machine("host", describe(arch, nodes, cpus, " and ".join(sources)), arch, cpus,
                    nodes, kernel_size)
@@ -71,12 +72,12 @@ def _read(path: str | Path) -> str | None:
 def _arch(machine: str, page_size: int) -> Arch:
     name = ARCHES.get(machine)
     if name is None:
-        raise ConfigError(f"host: architecture {machine} is not emulated (x86_64 and aarch64 "
+        raise MachineError(f"host: architecture {machine} is not emulated (x86_64 and aarch64 "
                           "are)")
     try:
         return get_arch(name, page_size)
     except ValueError as e:
-        raise ConfigError(f"host: {e}") from None
+        raise MachineError(f"host: {e}") from None
 
 
 def _cpus(sys_root: str) -> int:
@@ -233,7 +234,7 @@ def _meminfo_node(arch: Arch, proc_root: str) -> tuple[Node, ...]:
     text = _read(f"{proc_root}/meminfo") or ""
     m = re.search(r"^MemTotal:\s+(\d+) kB$", text, re.MULTILINE)
     if not m:
-        raise ConfigError(f"host: cannot tell how much RAM this machine has (no memory map "
+        raise MachineError(f"host: cannot tell how much RAM this machine has (no memory map "
                           f"and no MemTotal in {proc_root}/meminfo)")
     size = int(m[1]) * 1024
     size -= size % arch.page_size

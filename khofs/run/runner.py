@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from khofs import namespace
+from khofs.daemon import mountinfo
+from khofs.run import namespace
 
 DEBUGFS = "/sys/kernel/debug"
 SBIN = "/usr/sbin"
@@ -28,7 +29,7 @@ START_TIMEOUT = 30.0
 
 KEXEC_WRAPPER = """#!/bin/sh
 # khofs run: kexec for the emulated kernel mounted at $KHOFS_MOUNT
-exec "{python}" -m khofs.kexec_tool "$@"
+exec "{python}" -m khofs.run.kexec_tool "$@"
 """
 
 
@@ -36,9 +37,6 @@ class RunError(Exception):
     """A start-up problem: one line, exit status 2."""
 
 
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 def _start_daemon(mnt: str, options: Sequence[str], log: Path,
@@ -50,7 +48,7 @@ def _start_daemon(mnt: str, options: Sequence[str], log: Path,
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
             preexec_fn=lambda: namespace.set_parent_death_signal(signal.SIGTERM))
     deadline = time.monotonic() + START_TIMEOUT
-    while not _mounted(mnt):
+    while not mountinfo.is_mounted(mnt):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
@@ -110,7 +108,7 @@ def run(options: Sequence[str], command: Sequence[str]) -> int:
 
 def _cleanup(daemon: subprocess.Popen[bytes] | None, mnt: str, tmp: Path) -> None:
     for target in (SBIN, DEBUGFS):
-        if _mounted(target):
+        if mountinfo.is_mounted(target):
             with contextlib.suppress(OSError):
                 namespace.umount(target, namespace.MNT_DETACH)
     if daemon is not None and daemon.poll() is None:
@@ -120,6 +118,6 @@ def _cleanup(daemon: subprocess.Popen[bytes] | None, mnt: str, tmp: Path) -> Non
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-    if _mounted(mnt):
+    if mountinfo.is_mounted(mnt):
         namespace.umount(mnt, namespace.MNT_DETACH)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-log = logging.getLogger("khofs.control")
+log = logging.getLogger("khofs.daemon.control")
 
 # libfuse's handlers end the FUSE loop only when they run on the main thread; keep them off
 # ours (a process-directed SIGTERM may land on any thread that does not block it).
@@ -56,8 +56,8 @@ class KexecRequest:
     to: str | None = None
 
 
-class Host(Protocol):
-    """What the daemon offers the channel."""
+class ControlTarget(Protocol):
+    """What the daemon offers the channel (khofs.daemon.served.ServedSystem)."""
 
     def kexec(self, request: KexecRequest) -> tuple[int, str]: ...
 
@@ -92,7 +92,7 @@ def _block_stop_signals() -> None:
 class ControlServer:
     """Listens on path; one thread per connection."""
 
-    def __init__(self, path: Path, host: Host) -> None:
+    def __init__(self, path: Path, host: ControlTarget) -> None:
         self.path = path
         self.host = host
         self.sock: socket.socket | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -12,11 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from khofs import __version__
+from khofs.errors import InputError
 
 if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel, ProducerFactory
-    from khofs.engine.producer import ProducerSpec
+    from khofs.engine.driver import Initcall
+    from khofs.engine.kernel import Kernel
     from khofs.engine.system import System
+    from khofs.producers.plugin import PluginFactory
+    from khofs.producers.spec import ProducerSpec
 
 DEFAULT_CMDLINE = "kho=on"
 DEFAULT_MACHINE = "laptop"
@@ -37,14 +39,14 @@ class Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        from khofs.fuse import BACKEND
+        from khofs.daemon.fuse_edge import BACKEND
 
         print(f"khofs {__version__} ({BACKEND})")
         parser.exit()
 
 
 def build_parser() -> Parser:
-    from khofs.engine.machine import MACHINES
+    from khofs.machines.presets import MACHINES
 
     p = Parser(prog="khofs", description="A debugfs tree for Kexec HandOver over FUSE.")
     p.add_argument("--version", action=Version, nargs=0, help="show the version and the FUSE "
@@ -125,7 +127,7 @@ def _boot_options(p: argparse.ArgumentParser) -> None:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
-    from khofs.engine.machine import MACHINES
+    from khofs.machines.presets import MACHINES
 
     p.add_argument("--machine", default=None, dest="machine_arg",
                    help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
@@ -133,26 +135,27 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from khofs.fuse import BackendError
+    from khofs.daemon.fuse_edge import BackendError
 
     try:
         args = build_parser().parse_args(argv)
         command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
                    "kexec": cmd_kexec, "log": cmd_log, "run": cmd_run}[args.command]
         return command(args)
-    except (Usage, BackendError) as e:  # BackendError: KHOFS_FUSE names what is not there
+    # BackendError: KHOFS_FUSE names a backend that is not there
+    except (Usage, InputError, BackendError) as e:
         print(f"khofs: {e}", file=sys.stderr)
         return 2
 
 
 def _check_mountpoint(path: str) -> None:
-    from khofs.daemon import mount_fstype
+    from khofs.daemon import mountinfo
 
     if not os.path.exists(path):
         raise Usage(f"mount point {path}: does not exist")
     if not os.path.isdir(path):
         raise Usage(f"mount point {path}: not a directory")
-    if mount_fstype(path) is not None:
+    if mountinfo.fstype(path) is not None:
         raise Usage(f"mount point {path}: busy (something is already mounted there)")
     try:
         entries = os.listdir(path)
@@ -165,81 +168,65 @@ def _check_mountpoint(path: str) -> None:
         raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
 
 
-def _producers(args: argparse.Namespace) -> list[ProducerSpec | ProducerFactory]:
-    """--producers FILE, then each --plugin, in that order."""
-    from khofs.config import ConfigError, load_producers
+def _initcalls(args: argparse.Namespace) -> list[Initcall]:
+    """The boot table: --producers FILE, then each --plugin, in that order."""
+    from khofs.producers.plugin import load_plugin
+    from khofs.producers.producers_file import load_producers
+    from khofs.producers.table import boot_table
 
-    producers: list[ProducerSpec | ProducerFactory] = []
-    try:
-        if getattr(args, "producers", None):
-            producers.extend(load_producers(args.producers))
-        if getattr(args, "plugin", None):
-            from khofs.plugin import load_plugin
-
-            producers.extend(load_plugin(spec) for spec in args.plugin)
-    except ConfigError as e:
-        raise Usage(str(e)) from None
-    return producers
+    drivers: list[ProducerSpec | PluginFactory] = []
+    if getattr(args, "producers", None):
+        drivers.extend(load_producers(args.producers))
+    drivers.extend(load_plugin(spec) for spec in getattr(args, "plugin", None) or ())
+    return boot_table(drivers)
 
 
 def _boot(args: argparse.Namespace) -> Kernel:
     """One boot of the machine, not mounted (`khofs machine show`)."""
-    from khofs.config import ConfigError
     from khofs.engine.kernel import Kernel
-    from khofs.machine_file import load_machine
+    from khofs.machines.load import load_machine
+    from khofs.producers.table import boot_table
 
-    try:
-        machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
-    except ConfigError as e:
-        raise Usage(str(e)) from None
+    machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    return Kernel(machine, cmdline, uid=os.getuid(), gid=os.getgid())
+    return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid())
 
 
 def _system(args: argparse.Namespace) -> System:
     """The machine to mount: a cold boot, or (--boot-from) the next kernel of a handover."""
-    from khofs.config import ConfigError
     from khofs.engine.system import System
-    from khofs.machine_file import load_machine
+    from khofs.machines.load import load_machine
 
-    producers = _producers(args)
+    initcalls = _initcalls(args)
     if args.boot_from is not None:
-        return _system_from(args, producers)
-    try:
-        machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
-    except ConfigError as e:
-        raise Usage(str(e)) from None
+        return _system_from(args, initcalls)
+    machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    return System(machine, cmdline, producers, seed=args.seed or 0, uid=os.getuid(),
+    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=os.getuid(),
                   gid=os.getgid())
 
 
-def _system_from(args: argparse.Namespace,
-                 producers: list[ProducerSpec | ProducerFactory]) -> System:
+def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
     """--boot-from DIR: the machine as DIR describes it, booted with its handover. The
     command line is the one kexec loaded, and the seed the previous daemon's."""
-    from khofs.config import ConfigError
+    from khofs.daemon.ramimage import machine_difference, read_state_dir
     from khofs.engine.system import System
-    from khofs.machine_file import load_machine
-    from khofs.ramimage import HandoffError, machine_difference, read_handoff
+    from khofs.machines.load import load_machine
 
     if args.cmdline is not None:
         raise Usage("--cmdline and --boot-from: the next kernel's command line is the one "
                     "`khofs kexec` loaded (use its --append or --command-line)")
-    try:
-        machine, handoff = read_handoff(Path(args.boot_from))
-        given = load_machine(args.machine_arg) if args.machine_arg is not None else None
-    except (HandoffError, ConfigError) as e:
-        raise Usage(str(e)) from None
+    machine, state = read_state_dir(Path(args.boot_from))
+    given = load_machine(args.machine_arg) if args.machine_arg is not None else None
     diff = machine_difference(given, machine) if given is not None else []
     if diff:
         raise Usage(f"--machine {args.machine_arg}: not the machine that wrote "
                     f"{args.boot_from} ({', '.join(diff)} differ)")
-    if args.seed is not None and args.seed != handoff.seed:
+    if args.seed is not None and args.seed != state.seed:
         raise Usage(f"--seed {args.seed}: {args.boot_from} was written with seed "
-                    f"{handoff.seed}")
-    return System(machine, handoff.image.handover.cmdline, producers, seed=handoff.seed,
-                  uid=os.getuid(), gid=os.getgid(), handoff=handoff)
+                    f"{state.seed}")
+    return System(machine, state.image.handover.cmdline, initcalls, seed=state.seed,
+                  uid=os.getuid(), gid=os.getgid(), state=state)
 
 
 def _warn_kho_off(kernel: Kernel) -> None:
@@ -253,8 +240,9 @@ def _warn_kho_off(kernel: Kernel) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from khofs import daemon
-    from khofs.fuse import load_backend
+    from khofs.daemon import lifecycle as daemon
+    from khofs.daemon.fuse_edge import load_backend
+    from khofs.daemon.state import default_log_path
 
     mountpoint = os.path.abspath(args.mountpoint)
     _check_mountpoint(mountpoint)
@@ -263,7 +251,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _warn_kho_off(system.kernel)
     if args.foreground:
         return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug)
-    log_path = args.log or daemon.default_log_path(mountpoint)
+    log_path = args.log or default_log_path(mountpoint)
     status, problem = daemon.start(system, mountpoint, log_path, args.allow_other, args.debug)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
@@ -272,7 +260,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """khofs run: the mount options go to the daemon `khofs mount` runs in the namespace."""
-    from khofs.run import RunError, run
+    from khofs.run.runner import RunError, run
 
     command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
     options = [f"--{name.replace('_', '-')}={value}" for name, value in (
@@ -288,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_machine_show(args: argparse.Namespace) -> int:
-    from khofs.report import show_json, show_text
+    from khofs.machines.show import show_json, show_text
 
     kernel = _boot(args)
     sys.stdout.write(show_json(kernel) if args.json else show_text(kernel))
@@ -296,7 +284,7 @@ def cmd_machine_show(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from khofs import daemon
+    from khofs.daemon import lifecycle as daemon
 
     status = daemon.umount(os.path.abspath(args.mountpoint))
     if status < 0:
@@ -312,17 +300,20 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def _control(mountpoint: str) -> tuple[str, Path]:
     """The mount point as the user gave it and its daemon's control socket; one line and
     exit 1 when nothing of khofs is mounted there."""
-    from khofs import daemon
+    from khofs.daemon import mountinfo
+    from khofs.daemon.state import socket_path
 
     path = os.path.abspath(mountpoint)
-    if daemon.mount_fstype(path) != "fuse.khofs":
+    mount = mountinfo.find(path)
+    if mount is None or mount.fstype != "fuse.khofs":
         raise Failure(f"{mountpoint}: not a khofs mount")
-    owner = daemon.mount_owner(path)
+    user_id = mount.option("user_id")
+    owner = int(user_id) if user_id is not None else None
     if owner is not None and owner != os.getuid():
         # its control socket is private to that user (and the daemon checks SO_PEERCRED)
         raise Failure(f"{mountpoint}: mounted by uid {owner}: only that user may use its "
                       "daemon")
-    return mountpoint, daemon.socket_path(path)
+    return mountpoint, socket_path(path)
 
 
 class Failure(Exception):
@@ -330,7 +321,7 @@ class Failure(Exception):
 
 
 def cmd_kexec(args: argparse.Namespace) -> int:
-    from khofs.control import ControlError, KexecRequest, kexec
+    from khofs.daemon.control import ControlError, KexecRequest, kexec
 
     load = not args.exec_only
     if args.exec_only and (args.append is not None or args.command_line is not None
@@ -353,17 +344,17 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
 
 def _wait_unmounted(mountpoint: str) -> None:
-    from khofs import daemon
+    from khofs.daemon import mountinfo
 
     deadline = time.monotonic() + UNMOUNT_TIMEOUT
-    while daemon.mount_fstype(mountpoint) is not None:
+    while mountinfo.is_mounted(mountpoint):
         if time.monotonic() > deadline:
             raise Failure(f"{mountpoint}: still mounted after the handover")
         time.sleep(0.02)
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from khofs.control import ControlError, stream_log
+    from khofs.daemon.control import ControlError, stream_log
 
     def out(line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -387,10 +378,6 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 # --- image sizes, as kexec_file_load's image loaders size the kernel segment -------------
 
-BZIMAGE_MAGIC_OFF, BZIMAGE_INIT_SIZE_OFF = 0x202, 0x260
-ARM64_MAGIC_OFF, ARM64_IMAGE_SIZE_OFF = 56, 16
-
-
 def _file_size(path: str) -> int:
     try:
         return os.stat(path).st_size
@@ -399,27 +386,13 @@ def _file_size(path: str) -> int:
 
 
 def _image_size(path: str) -> int:
+    from khofs.engine.kexec import kernel_image_size
+
     try:
-        size = kernel_image_size(path)
+        with open(path, "rb") as f:
+            size = kernel_image_size(f.read(0x264), os.fstat(f.fileno()).st_size)
     except OSError as e:
         raise Usage(f"{path}: {e.strerror or e}") from None
     if not size:
         raise Usage(f"{path}: empty, not a kernel image")
-    return size
-
-
-def kernel_image_size(path: str) -> int:
-    """The kernel segment's size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
-    and the setup header's init_size (what the kernel needs in place, bss included); an
-    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size.
-    OSError when the file cannot be read."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(BZIMAGE_INIT_SIZE_OFF + 4)
-    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] == b"HdrS" and len(head) >= 0x264:
-        init_size: int = struct.unpack_from("<I", head, BZIMAGE_INIT_SIZE_OFF)[0]
-        return max(size, init_size)
-    if head[ARM64_MAGIC_OFF:ARM64_MAGIC_OFF + 4] == b"ARM\x64":
-        image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
-        return image_size or size
     return size

@@ -13,7 +13,7 @@ the previous state or no handover at all, never one that --boot-from would accep
   image's command line, segments, FDT and scratch table addresses, the bytes the purgatory
   copies, the boot number of the kernel that loaded it, the seed and the log so far.
 
-Every problem reading a directory is a HandoffError whose message is one line naming the file.
+Every problem reading a directory is a StateDirError whose message is one line naming the file.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any
 from khofs.engine.kexec import Handover, Segment
 from khofs.engine.machine import Machine, Node, get_arch
 from khofs.engine.printk import LEVELS, Record
-from khofs.engine.system import Handoff, LoadedImage
+from khofs.engine.system import LoadedImage, MachineState
+from khofs.errors import StateDirError
 
 MACHINE_FILE = "machine.json"
 RAM_FILE = "ram.img"
@@ -40,10 +41,6 @@ RAM_MAGIC = b"KHOFSRAM"
 RAM_HEADER = struct.Struct("<8sIIQ")
 PAGE_ADDR = struct.Struct("<Q")
 CHUNK = 1 << 20
-
-
-class HandoffError(Exception):
-    """A handover directory that cannot be booted from: the message is the whole line."""
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -59,18 +56,18 @@ def machine_to_json(machine: Machine) -> dict[str, Any]:
 
 
 def machine_from_json(doc: Any, where: str) -> Machine:
-    """Rebuild a Machine; HandoffError names the first field that is not as written."""
+    """Rebuild a Machine; StateDirError names the first field that is not as written."""
     get = _Fields(doc, where)
     try:
         arch = get_arch(get.text("arch"), get.integer("page_size"))
     except ValueError as e:
-        raise HandoffError(f"{where}: {e}") from None
+        raise StateDirError(f"{where}: {e}") from None
     nodes = tuple(_node(n, f"{where}: nodes[{i}]") for i, n in enumerate(get.items("nodes")))
     if not nodes or get.integer("cpus") < 1:
-        raise HandoffError(f"{where}: a machine needs a node and a CPU")
+        raise StateDirError(f"{where}: a machine needs a node and a CPU")
     cmdline = get.value("cmdline")
     if cmdline is not None and not isinstance(cmdline, str):
-        raise HandoffError(f"{where}: 'cmdline' must be a string or null")
+        raise StateDirError(f"{where}: 'cmdline' must be a string or null")
     return Machine(get.text("name"), get.text("description"), arch, get.integer("cpus"), nodes,
                    get.integer("kernel_size"), get.integer("initrd_size"), cmdline)
 
@@ -81,10 +78,10 @@ def _node(doc: Any, where: str) -> Node:
     for r in get.items("ranges"):
         if not (isinstance(r, list) and len(r) == 2 and all(_is_u64(x) for x in r)
                 and r[0] < r[1]):
-            raise HandoffError(f"{where}: a range must be [start, end) with start < end")
+            raise StateDirError(f"{where}: a range must be [start, end) with start < end")
         ranges.append((r[0], r[1]))
     if not ranges:
-        raise HandoffError(f"{where}: a node needs RAM")
+        raise StateDirError(f"{where}: a node needs RAM")
     return Node(get.integer("nid"), tuple(ranges))
 
 
@@ -99,30 +96,30 @@ class _Fields:
 
     def __init__(self, doc: Any, where: str) -> None:
         if not isinstance(doc, dict):
-            raise HandoffError(f"{where}: not a JSON object")
+            raise StateDirError(f"{where}: not a JSON object")
         self.doc, self.where = doc, where
 
     def value(self, key: str) -> Any:
         if key not in self.doc:
-            raise HandoffError(f"{self.where}: '{key}' is missing")
+            raise StateDirError(f"{self.where}: '{key}' is missing")
         return self.doc[key]
 
     def integer(self, key: str) -> int:
         v = self.value(key)
         if not _is_u64(v):
-            raise HandoffError(f"{self.where}: '{key}' must be an integer from 0 to 2**64-1")
+            raise StateDirError(f"{self.where}: '{key}' must be an integer from 0 to 2**64-1")
         return int(v)
 
     def text(self, key: str) -> str:
         v = self.value(key)
         if not isinstance(v, str):
-            raise HandoffError(f"{self.where}: '{key}' must be a string")
+            raise StateDirError(f"{self.where}: '{key}' must be a string")
         return v
 
     def items(self, key: str) -> list[Any]:
         v = self.value(key)
         if not isinstance(v, list):
-            raise HandoffError(f"{self.where}: '{key}' must be a list")
+            raise StateDirError(f"{self.where}: '{key}' must be a list")
         return v
 
 
@@ -132,7 +129,7 @@ def _is_u64(v: object) -> bool:
 
 # --- writing ----------------------------------------------------------------------------
 
-def write_handoff(directory: Path, machine: Machine, handoff: Handoff) -> None:
+def write_state_dir(directory: Path, machine: Machine, state: MachineState) -> None:
     """Write the three files, the handover last; OSError (with its filename) on failure."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (directory / HANDOVER_FILE).unlink(missing_ok=True)
@@ -141,9 +138,9 @@ def write_handoff(directory: Path, machine: Machine, handoff: Handoff) -> None:
     files = {
         MACHINE_FILE: _write_atomic(directory, MACHINE_FILE, [machine_bytes]),
         RAM_FILE: _write_atomic(directory, RAM_FILE,
-                                _ram_chunks(handoff.pages, machine.arch.page_size)),
+                                _ram_chunks(state.pages, machine.arch.page_size)),
     }
-    doc = handoff_to_json(handoff, files)
+    doc = state_to_json(state, files)
     _write_atomic(directory, HANDOVER_FILE, [(json.dumps(doc, indent=1) + "\n").encode()])
     _fsync_dir(directory)
 
@@ -183,43 +180,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def handoff_to_json(handoff: Handoff, files: dict[str, Any]) -> dict[str, Any]:
-    h = handoff.image.handover
+def state_to_json(state: MachineState, files: dict[str, Any]) -> dict[str, Any]:
+    h = state.image.handover
     return {
         "format": "khofs-handover", "version": FORMAT_VERSION, "files": files,
-        "boot_number": handoff.boot_number, "seed": handoff.seed,
+        "boot_number": state.boot_number, "seed": state.seed,
         "handover": {
             "cmdline": h.cmdline,
             "segments": [{"what": s.what, "mem": s.mem, "memsz": s.memsz} for s in h.segments],
             "fdt_phys": h.fdt_phys, "fdt_len": h.fdt_len,
             "scratch_phys": h.scratch_phys, "scratch_len": h.scratch_len,
         },
-        "contents": [[phys, data.hex()] for phys, data in handoff.image.contents],
-        "records": [[boot, r.level, r.seconds, r.text] for boot, r in handoff.records],
+        "contents": [[phys, data.hex()] for phys, data in state.image.contents],
+        "records": [[boot, r.level, r.seconds, r.text] for boot, r in state.records],
     }
 
 
 # --- reading ----------------------------------------------------------------------------
 
-def read_handoff(directory: Path) -> tuple[Machine, Handoff]:
-    """The machine and handoff in directory; HandoffError with one line on any problem."""
+def read_state_dir(directory: Path) -> tuple[Machine, MachineState]:
+    """The machine and state in directory; StateDirError with one line on any problem."""
     path = directory / HANDOVER_FILE
     doc = _load_json(path)
     get = _Fields(doc, str(path))
     if doc.get("format") != "khofs-handover" or doc.get("version") != FORMAT_VERSION:
-        raise HandoffError(f"{path}: not a khofs handover (format version {FORMAT_VERSION})")
+        raise StateDirError(f"{path}: not a khofs handover (format version {FORMAT_VERSION})")
     files = _Fields(get.value("files"), f"{path}: files")
     machine_bytes = _read_checked(directory / MACHINE_FILE, files)
     try:
         machine_doc = json.loads(machine_bytes)
     except ValueError as e:
-        raise HandoffError(f"{directory / MACHINE_FILE}: {e}") from None
+        raise StateDirError(f"{directory / MACHINE_FILE}: {e}") from None
     machine = machine_from_json(machine_doc, str(directory / MACHINE_FILE))
     pages = _read_ram(directory / RAM_FILE, files, machine.arch.page_size)
     image = LoadedImage(_handover(get.value("handover"), f"{path}: handover"),
                         tuple(_contents(get.items("contents"), f"{path}: contents")))
     records = _records(get.items("records"), f"{path}: records")
-    return machine, Handoff(pages, image, get.integer("boot_number"), records, get.integer("seed"))
+    return machine, MachineState(pages, image, get.integer("boot_number"), records,
+                                 get.integer("seed"))
 
 
 def _load_json(path: Path) -> Any:
@@ -227,11 +225,11 @@ def _load_json(path: Path) -> Any:
         with path.open("rb") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise HandoffError(f"{path}: no handover here (No such file or directory)") from None
+        raise StateDirError(f"{path}: no handover here (No such file or directory)") from None
     except OSError as e:
-        raise HandoffError(f"{path}: {e.strerror or e}") from None
+        raise StateDirError(f"{path}: {e.strerror or e}") from None
     except ValueError as e:
-        raise HandoffError(f"{path}: not a khofs handover ({e})") from None
+        raise StateDirError(f"{path}: not a khofs handover ({e})") from None
 
 
 def _read_checked(path: Path, files: _Fields) -> bytes:
@@ -248,12 +246,12 @@ def _read_checked(path: Path, files: _Fields) -> bytes:
                 if len(data) > size:
                     break
     except OSError as e:
-        raise HandoffError(f"{path}: {e.strerror or e}") from None
+        raise StateDirError(f"{path}: {e.strerror or e}") from None
     if len(data) != size:
-        raise HandoffError(f"{path}: {_size_words(len(data), size)}, the handover says {size}"
+        raise StateDirError(f"{path}: {_size_words(len(data), size)}, the handover says {size}"
                            " (partial, or from another kexec)")
     if digest.hexdigest() != sha:
-        raise HandoffError(f"{path}: SHA-256 differs from the handover's (corrupt, or from "
+        raise StateDirError(f"{path}: SHA-256 differs from the handover's (corrupt, or from "
                            "another kexec)")
     return bytes(data)
 
@@ -265,21 +263,21 @@ def _size_words(got: int, want: int) -> str:
 def _read_ram(path: Path, files: _Fields, page_size: int) -> dict[int, bytes]:
     data = memoryview(_read_checked(path, files))
     if len(data) < RAM_HEADER.size:
-        raise HandoffError(f"{path}: too short for a RAM image header")
+        raise StateDirError(f"{path}: too short for a RAM image header")
     magic, version, psize, count = RAM_HEADER.unpack_from(data)
     if magic != RAM_MAGIC or version != FORMAT_VERSION:
-        raise HandoffError(f"{path}: not a khofs RAM image (version {FORMAT_VERSION})")
+        raise StateDirError(f"{path}: not a khofs RAM image (version {FORMAT_VERSION})")
     if psize != page_size:
-        raise HandoffError(f"{path}: page size {psize}, the machine's is {page_size}")
+        raise StateDirError(f"{path}: page size {psize}, the machine's is {page_size}")
     entry = PAGE_ADDR.size + page_size
     if len(data) != RAM_HEADER.size + count * entry:
-        raise HandoffError(f"{path}: {len(data)} bytes do not hold {count} pages")
+        raise StateDirError(f"{path}: {len(data)} bytes do not hold {count} pages")
     pages: dict[int, bytes] = {}
     last = -1
     for off in range(RAM_HEADER.size, len(data), entry):
         (addr,) = PAGE_ADDR.unpack_from(data, off)
         if addr % page_size or addr <= last:
-            raise HandoffError(f"{path}: page address 0x{addr:x} unaligned or out of order")
+            raise StateDirError(f"{path}: page address 0x{addr:x} unaligned or out of order")
         pages[addr] = bytes(data[off + PAGE_ADDR.size:off + entry])
         last = addr
     return pages
@@ -303,7 +301,7 @@ def _contents(items: list[Any], where: str) -> list[tuple[int, bytes]]:
             with contextlib.suppress(ValueError):
                 data = bytes.fromhex(item[1]) if isinstance(item[1], str) else None
         if data is None:
-            raise HandoffError(f"{where}: each entry must be [address, hex bytes]")
+            raise StateDirError(f"{where}: each entry must be [address, hex bytes]")
         out.append((item[0], data))
     return out
 
@@ -315,6 +313,6 @@ def _records(items: list[Any], where: str) -> list[tuple[int, Record]]:
               and item[1] in LEVELS and isinstance(item[2], int | float)
               and isinstance(item[3], str))
         if not ok:
-            raise HandoffError(f"{where}: each entry must be [boot, level, seconds, text]")
+            raise StateDirError(f"{where}: each entry must be [boot, level, seconds, text]")
         out.append((item[0], Record(item[1], float(item[2]), item[3])))
     return out

@@ -9,15 +9,7 @@ from typing import Any
 
 from khofs.engine.kernel import Kernel
 from khofs.engine.memblock import round_up
-
-
-def human(n: int) -> str:
-    """Bytes in the largest binary unit that keeps them readable (exact when whole)."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.0f} {unit}" if n % (1 << shift) == 0 else f"{value:.1f} {unit}"
-    return f"{n} B"
+from khofs.lib.sizes import readable_size
 
 
 def scratch_text(kernel: Kernel) -> tuple[str, str]:
@@ -42,7 +34,7 @@ def _formula_lines(kernel: Kernel) -> list[str]:
         return [f"  explicit sizes (kho_scratch=): lowmem {p.lowmem:#x}, global {p.global_:#x}, "
                 f"per node {p.pernode:#x}"]
     lowmem = round_up(t.low * p.scale // 100, align)
-    lines = [f"  scale {p.scale}%, rounded up to the pageblock ({human(align)})",
+    lines = [f"  scale {p.scale}%, rounded up to the pageblock ({readable_size(align)})",
              f"  lowmem = round_up({t.low:#x} * {p.scale} / 100) = {lowmem:#x}",
              f"  global = round_up({t.all:#x} * {p.scale} / 100 - {lowmem:#x}) = "
              f"{round_up((t.all * p.scale // 100 - lowmem) % (1 << 64), align):#x}"]
@@ -55,13 +47,13 @@ def _formula_lines(kernel: Kernel) -> list[str]:
 def show_text(kernel: Kernel) -> str:
     m = kernel.machine
     out = [f"machine {m.name}: {m.description}",
-           f"arch {m.arch.name}, {human(m.arch.page_size)} pages, pageblock "
-           f"{human(m.arch.pageblock_size)}, ARCH_LOW_ADDRESS_LIMIT {m.low_limit:#x}",
+           f"arch {m.arch.name}, {readable_size(m.arch.page_size)} pages, pageblock "
+           f"{readable_size(m.arch.pageblock_size)}, ARCH_LOW_ADDRESS_LIMIT {m.low_limit:#x}",
            f"command line: {kernel.params.cmdline}", f"KHO: {_status(kernel)}", "",
            "memory (memblock.memory):"]
     for reg in kernel.memblock.memory.regions:
         out.append(f"  node {reg.nid}  {reg.base:#018x}-{reg.end - 1:#018x}  "
-                   f"{human(reg.size):>10}")
+                   f"{readable_size(reg.size):>10}")
     out += ["", "boot reservations, in boot order (kern: MEMBLOCK_RSRV_KERN):",
             f"  {'start':>18}  {'size':>12}  node  kern  {'what':44}  by"]
     for r in kernel.reservations:
@@ -70,9 +62,9 @@ def show_text(kernel: Kernel) -> str:
                    f"{r.what:44}  {r.func}")
     t = kernel.kern_totals
     out += ["", "memblock_reserved_kern_size before the scratch areas:",
-            f"  below ARCH_LOW_ADDRESS_LIMIT  {t.low:#14x}  {human(t.low)}",
-            f"  anywhere                      {t.all:#14x}  {human(t.all)}"]
-    out += [f"  node {nid:<25}{k:#14x}  {human(k)}" for nid, k in t.nodes.items()]
+            f"  below ARCH_LOW_ADDRESS_LIMIT  {t.low:#14x}  {readable_size(t.low)}",
+            f"  anywhere                      {t.all:#14x}  {readable_size(t.all)}"]
+    out += [f"  node {nid:<25}{k:#14x}  {readable_size(k)}" for nid, k in t.nodes.items()]
     if kernel.params.kho:
         out += ["", "scratch sizes (kho_reserve_scratch):", *_formula_lines(kernel)]
     if kernel.kho_enabled:

@@ -8,38 +8,13 @@ told to fail FINALIZE or ABORT with a given errno, to exercise the kernel's erro
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
-from khofs.engine.fill import check_and_fill
-from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
+from khofs.engine.driver import DriverContext
+from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
 from khofs.engine.notifier import NOTIFY_DONE, notifier_from_errno
 from khofs.engine.slab import get_order
-
-if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel
-
-
-class Producer(Protocol):
-    """A KHO user: its module init runs at every boot, before kho_init."""
-
-    name: str
-
-    def init(self, kernel: Kernel) -> int: ...
-
-
-@dataclass(frozen=True)
-class ProducerSpec:
-    """What a configuration says about one producer (already validated)."""
-
-    name: str
-    fdt: bytes
-    preserve: tuple[tuple[int, int], ...] = ()
-    fail_finalize: int = 0  # a positive errno, or 0
-    fail_abort: int = 0
-    builtin: str = ""  # "kho_test": the kernel's lib/test_kho.c instead (fdt unused)
-    fill: bool = False  # write a pattern into `preserve` at init, check it after kexec
-    forget: tuple[tuple[int, int], ...] = ()  # filled and checked, but never preserved
+from khofs.producers.fill import check_and_fill
+from khofs.producers.spec import ProducerSpec
 
 
 class ConfigProducer:
@@ -53,13 +28,13 @@ class ConfigProducer:
         self.fdt_phys = 0
         self.order = 0
 
-    def init(self, kernel: Kernel) -> int:
+    def init(self, ctx: DriverContext) -> int:
         """The module init: allocate and fill the sub-FDT pages, register the notifier."""
-        check_and_fill(kernel, self.name, self.spec.preserve, self.spec.fill, self.spec.forget)
-        self.kho = kernel.kho
-        mem = kernel.mem
+        check_and_fill(ctx, self.name, self.spec.preserve, self.spec.fill, self.spec.forget)
+        self.kho = ctx.kho
+        mem = ctx.mem
         self.order = get_order(len(self.spec.fdt), mem.page_size)
-        self.fdt_phys = kernel.pages.alloc_pages(self.order)
+        self.fdt_phys = ctx.pages.alloc_pages(self.order)
         if not self.fdt_phys:
             return -errno.ENOMEM
         mem.write(self.fdt_phys, self.spec.fdt)

@@ -126,13 +126,19 @@ def _do(plan: Plan, rest: list[str]) -> int:
     return _request(plan, mount, rest[0] if plan.load else None)
 
 
+def _image_size(path: str) -> int:
+    from khofs.engine.kexec import kernel_image_size
+
+    with open(path, "rb") as f:
+        return kernel_image_size(f.read(0x264), os.fstat(f.fileno()).st_size)
+
+
 def _request(plan: Plan, mount: str, kernel: str | None) -> int:
-    from khofs.cli import kernel_image_size
-    from khofs.control import ControlError, KexecRequest, kexec
-    from khofs.daemon import socket_path
+    from khofs.daemon.control import ControlError, KexecRequest, kexec
+    from khofs.daemon.state import socket_path
 
     try:
-        image = kernel_image_size(kernel) if kernel else None
+        image = _image_size(kernel) if kernel else None
         initrd = _size(plan.initrd) if plan.initrd else 0
     except OSError as e:
         print(f"Failed to decompress file {e.filename}:{e.strerror}", file=sys.stderr)

@@ -15,7 +15,7 @@ builtin = "kho_test"           # the kernel's own lib/test_kho.c (no other key b
 ```
 A producer with `fill` or `forget` checks its ranges when a kexec handed its sub-tree over and
 logs "khofs: producer NAME: preserved memory intact" or "... corrupted at 0xADDR".
-Every problem raises ConfigError with one line naming the file and what is wrong.
+Every problem raises ProducersFileError with one line naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -25,17 +25,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from khofs.engine.producer import ProducerSpec
+from khofs.errors import ProducersFileError
 from khofs.lib.cmdline import memparse
-from khofs.lib.dts import check_dtb, compile_dts
+from khofs.producers.dts import check_dtb, compile_dts
+from khofs.producers.spec import ProducerSpec
 
 PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort", "builtin",
                  "fill", "forget"}
 BUILTINS = ("kho_test",)  # built-in kernel users a producers file may switch on
-
-
-class ConfigError(Exception):
-    """A start-up error: the message is the whole line to print."""
 
 
 def load_producers(path: str | Path) -> list[ProducerSpec]:
@@ -44,20 +41,20 @@ def load_producers(path: str | Path) -> list[ProducerSpec]:
         with path.open("rb") as f:
             doc = tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror or e}") from None
+        raise ProducersFileError(f"{path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ProducersFileError(f"{path}: {e}") from None
     unknown = set(doc) - {"producer"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
+        raise ProducersFileError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
     entries = doc.get("producer", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{path}: 'producer' must be an array of tables ([[producer]])")
+        raise ProducersFileError(f"{path}: 'producer' must be an array of tables ([[producer]])")
     specs = [_producer(path, i + 1, e) for i, e in enumerate(entries)]
     builtins = [s.builtin for s in specs if s.builtin]
     for builtin in builtins:
         if builtins.count(builtin) > 1:
-            raise ConfigError(f"{path}: builtin {builtin!r} is given more than once")
+            raise ProducersFileError(f"{path}: builtin {builtin!r} is given more than once")
     return specs
 
 
@@ -65,15 +62,15 @@ def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
     where = f"{path}: producer #{index}"
     unknown = set(entry) - PRODUCER_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        raise ProducersFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     if "builtin" in entry:
         return _builtin(path, index, entry)
     name = entry.get("name")
     if not isinstance(name, str):
-        raise ConfigError(f"{where}: 'name' is required and must be a string")
+        raise ProducersFileError(f"{where}: 'name' is required and must be a string")
     problem = name_problem(name)
     if problem:
-        raise ConfigError(f"{where}: name {name!r} {problem}")
+        raise ProducersFileError(f"{where}: name {name!r} {problem}")
     where = f"{path}: producer {name!r}"
     return ProducerSpec(
         name=name,
@@ -91,13 +88,13 @@ def _builtin(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
     where = f"{path}: producer #{index}"
     kind = entry["builtin"]
     if kind not in BUILTINS:
-        raise ConfigError(f"{where}: unknown builtin {kind!r} (known: "
+        raise ProducersFileError(f"{where}: unknown builtin {kind!r} (known: "
                           f"{', '.join(repr(b) for b in BUILTINS)})")
     if entry.get("name", kind) != kind:
-        raise ConfigError(f"{where}: builtin {kind!r} is always named {kind!r}")
+        raise ProducersFileError(f"{where}: builtin {kind!r} is always named {kind!r}")
     extra = sorted(set(entry) - {"builtin", "name"})
     if extra:
-        raise ConfigError(f"{path}: producer {kind!r}: {extra[0]!r} cannot be used with "
+        raise ProducersFileError(f"{path}: producer {kind!r}: {extra[0]!r} cannot be used with "
                           f"'builtin'")
     return ProducerSpec(name=kind, fdt=b"", builtin=kind)
 
@@ -118,43 +115,43 @@ def name_problem(name: str) -> str:
 def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
     kinds = [k for k in ("dts", "dtb") if k in entry]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: needs exactly one of 'dts' or 'dtb'")
+        raise ProducersFileError(f"{where}: needs exactly one of 'dts' or 'dtb'")
     kind = kinds[0]
     rel = entry[kind]
     if not isinstance(rel, str):
-        raise ConfigError(f"{where}: '{kind}' must be a file name")
+        raise ProducersFileError(f"{where}: '{kind}' must be a file name")
     file = path.parent / rel
     try:
         data = file.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{file}: {e.strerror or e}") from None
+        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
     try:
         if kind == "dtb":
             check_dtb(data)
             return data
         return compile_dts(data.decode())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file}: {e}") from None
+        raise ProducersFileError(f"{file}: {e}") from None
 
 
 def _list(where: str, entry: dict[str, Any], key: str) -> list[Any]:
     value = entry.get(key, [])
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: '{key}' must be a list")
+        raise ProducersFileError(f"{where}: '{key}' must be a list")
     return value
 
 
 def _range(where: str, text: Any, key: str = "preserve") -> tuple[int, int]:
     """"PHYS+SIZE", each a memparse number (0x hex, K M G ... suffixes)."""
     if not isinstance(text, str) or "+" not in text:
-        raise ConfigError(f"{where}: {key} entry {text!r} is not 'PHYS+SIZE'")
+        raise ProducersFileError(f"{where}: {key} entry {text!r} is not 'PHYS+SIZE'")
     phys_text, size_text = text.split("+", 1)
     values = []
     for part in (phys_text, size_text):
         raw = part.strip().encode()
         value, used = memparse(raw)
         if not raw or used != len(raw):
-            raise ConfigError(f"{where}: {key} entry {text!r}: bad number {part!r}")
+            raise ProducersFileError(f"{where}: {key} entry {text!r}: bad number {part!r}")
         values.append(value)
     return values[0], values[1]
 
@@ -162,7 +159,7 @@ def _range(where: str, text: Any, key: str = "preserve") -> tuple[int, int]:
 def _bool(where: str, entry: dict[str, Any], key: str) -> bool:
     value = entry.get(key, False)
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        raise ProducersFileError(f"{where}: '{key}' must be true or false, got {value!r}")
     return value
 
 
@@ -176,4 +173,5 @@ def _errno(where: str, entry: dict[str, Any], key: str) -> int:
             return code
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 4096:
         return value
-    raise ConfigError(f"{where}: '{key}' must be an errno name such as \"EBUSY\", got {value!r}")
+    raise ProducersFileError(f"{where}: '{key}' must be an errno name such as \"EBUSY\", "
+                             f"got {value!r}")

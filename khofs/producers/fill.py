@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
+from khofs.engine.driver import DriverContext
 from khofs.engine.machine import KiB
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk
-
-if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel
 
 FILL_CHUNK = 64 * KiB
 
@@ -46,7 +43,7 @@ def first_corrupted(mem: PhysMem, name: str, ranges: Sequence[tuple[int, int]]) 
     return None
 
 
-def check_and_fill(kernel: Kernel, name: str, preserve: Sequence[tuple[int, int]], fill: bool,
+def check_and_fill(ctx: DriverContext, name: str, preserve: Sequence[tuple[int, int]], fill: bool,
                    forget: Sequence[tuple[int, int]]) -> None:
     """A config producer's fill/forget work at its init: after a kexec that handed its
     sub-tree over, check the pattern in its filled ranges (the preserved ones when `fill`,
@@ -55,9 +52,9 @@ def check_and_fill(kernel: Kernel, name: str, preserve: Sequence[tuple[int, int]
     ranges = [*(preserve if fill else ()), *forget]
     if not ranges:
         return
-    if kernel.kho_in is not None and not kernel.kho_in.retrieve_subtree(name)[0]:
-        log_check(kernel.log, name, first_corrupted(kernel.mem, name, ranges))
-    fill_ranges(kernel.mem, name, ranges)
+    if ctx.kho_in is not None and not ctx.kho_in.retrieve_subtree(name)[0]:
+        log_check(ctx.log, name, first_corrupted(ctx.mem, name, ranges))
+    fill_ranges(ctx.mem, name, ranges)
 
 
 def log_check(log: Printk, name: str, bad: int | None) -> None:

@@ -51,23 +51,20 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from khofs.config import ConfigError
-from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
+from khofs.engine.driver import DriverContext
+from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
 from khofs.engine.notifier import NOTIFY_BAD, notifier_from_errno
 from khofs.engine.printk import LEVELS
 from khofs.engine.slab import get_order
-from khofs.lib.fdt_ro import fdt_check_header, fdt_parse
+from khofs.errors import PluginError
+from khofs.lib.fdt_ro import fdt_check_blob, fdt_parse
 from khofs.lib.libfdt import FDT_ERR_NOSPACE, FdtSw, fdt_totalsize
-
-if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel
 
 Callback = Callable[[], "int | None"]
 PluginFunction = Callable[["ProducerAPI"], "int | None"]
 MAX_ERRNO = 4095
-MAX_BLOB_READ = 16 << 20  # what retrieve_subtree reads of a blob whose header claims more
 _MISSING = object()
 
 
@@ -96,7 +93,7 @@ def make_fdt(compatible: str, **props: bytes | str) -> bytes:
 
 def fdt_props(blob: bytes) -> dict[str, bytes] | None:
     """The root node's properties of an FDT blob, or None when it is not a valid FDT."""
-    if fdt_check_header(blob[:40]) or fdt_totalsize(blob) > len(blob):
+    if not fdt_check_blob(blob):
         return None
     root = fdt_parse(blob)
     return None if isinstance(root, int) else dict(root.props)
@@ -108,8 +105,8 @@ def fdt_props(blob: bytes) -> dict[str, bytes] | None:
 class ProducerAPI:
     """What a plugin sees of the kernel during one boot."""
 
-    def __init__(self, kernel: Kernel, producer: PluginProducer) -> None:
-        self._kernel = kernel
+    def __init__(self, ctx: DriverContext, producer: PluginProducer) -> None:
+        self._ctx = ctx
         self._producer = producer
         self._ser: KhoSerialization | None = None  # set while a finalize callback runs
 
@@ -118,50 +115,50 @@ class ProducerAPI:
 
     @property
     def boot(self) -> int:
-        return self._kernel.boot_number
+        return self._ctx.boot_number
 
     @property
     def page_size(self) -> int:
-        return self._kernel.mem.page_size
+        return self._ctx.mem.page_size
 
     @property
     def kho_enabled(self) -> bool:
-        return bool(self._kernel.kho_enabled)
+        return bool(self._ctx.kho_enabled)
 
     def log(self, text: str, level: str = "info") -> None:
         """A line at a printk level: emerg alert crit err warn notice info debug."""
         if level not in LEVELS:
             raise ValueError(f"unknown log level {level!r}")
-        self._kernel.log.log(level, text)
+        self._ctx.log.log(level, text)
 
     # --- memory -----------------------------------------------------------------------
 
     def alloc_pages(self, order: int) -> int:
-        return self._kernel.pages.alloc_pages(order)
+        return self._ctx.pages.alloc_pages(order)
 
     def free_pages(self, phys: int, order: int) -> None:
-        self._kernel.pages.free_pages(phys, order)
+        self._ctx.pages.free_pages(phys, order)
 
     def write(self, phys: int, data: bytes) -> None:
-        self._kernel.mem.write(phys, bytes(data))
+        self._ctx.mem.write(phys, bytes(data))
 
     def read(self, phys: int, size: int) -> bytes:
-        return self._kernel.mem.read(phys, size)
+        return self._ctx.mem.read(phys, size)
 
     # --- the outgoing side ------------------------------------------------------------
 
     def preserve_folio(self, phys: int, order: int) -> int:
-        return self._kernel.kho.preserve_folio(phys, order)
+        return self._ctx.kho.preserve_folio(phys, order)
 
     def preserve_phys(self, phys: int, size: int) -> int:
-        return self._kernel.kho.preserve_phys(phys, size)
+        return self._ctx.kho.preserve_phys(phys, size)
 
     def add_subtree(self, name: str, fdt: bytes) -> int:
         """Put the blob in pages of its own, preserve them, kho_add_subtree them."""
         ser = self._ser
         if ser is None:
             return -errno.EINVAL
-        if fdt_check_header(fdt[:40]) or fdt_totalsize(fdt) > len(fdt):
+        if not fdt_check_blob(fdt):
             return -errno.EINVAL
         size = fdt_totalsize(fdt)
         order = get_order(size, self.page_size)
@@ -169,7 +166,7 @@ class ProducerAPI:
         if not phys:
             return -errno.ENOMEM
         self.write(phys, fdt[:size])
-        kho = self._kernel.kho
+        kho = self._ctx.kho
         err = kho.preserve_folio(phys, order)
         if err:
             self.free_pages(phys, order)
@@ -185,7 +182,7 @@ class ProducerAPI:
     # --- the incoming side ------------------------------------------------------------
 
     def retrieve_subtree_phys(self, name: str) -> int | None:
-        kho_in = self._kernel.kho_in
+        kho_in = self._ctx.kho_in
         if kho_in is None:
             return None
         err, phys = kho_in.retrieve_subtree(name)
@@ -197,13 +194,11 @@ class ProducerAPI:
         phys = self.retrieve_subtree_phys(name)
         if phys is None:
             return None
-        head = self.read(phys, 40)
-        if fdt_check_header(head):
-            return None
-        return self.read(phys, min(fdt_totalsize(head), MAX_BLOB_READ))
+        err, blob = self._ctx.mem.read_fdt(phys)
+        return None if err else blob
 
     def restore_folio(self, phys: int) -> int | None:
-        kho_in = self._kernel.kho_in
+        kho_in = self._ctx.kho_in
         return kho_in.restore_folio(phys) if kho_in is not None else None
 
 
@@ -222,16 +217,16 @@ class PluginProducer:
         self.finalize_callbacks: list[Callback] = []
         self.abort_callbacks: list[Callback] = []
         self.api: ProducerAPI | None = None
-        self.kernel: Kernel | None = None
+        self.ctx: DriverContext | None = None
 
-    def init(self, kernel: Kernel) -> int:
-        self.kernel = kernel
-        self.api = ProducerAPI(kernel, self)
+    def init(self, ctx: DriverContext) -> int:
+        self.ctx = ctx
+        self.api = ProducerAPI(ctx, self)
         err = self._call("init", self.function, self.api)
         if err:
             return err
         if self.finalize_callbacks or self.abort_callbacks:
-            return kernel.kho.register_notifier(self)
+            return ctx.kho.register_notifier(self)
         return 0
 
     def notifier_call(self, action: int, data: object) -> int:
@@ -274,19 +269,18 @@ class PluginProducer:
         return -errno.EIO
 
     def _log(self, text: str) -> None:
-        assert self.kernel is not None
-        self.kernel.log.err(f"khofs: plugin {self.name}: {text}")
+        assert self.ctx is not None
+        self.ctx.log.err(f"khofs: plugin {self.name}: {text}")
 
 
 class PluginFactory:
-    """What load_plugin returns: a new PluginProducer for each boot (the kernel argument is
-    accepted and unused: the producer gets its kernel at init)."""
+    """What load_plugin returns: a new PluginProducer for each boot."""
 
     def __init__(self, spec: str, function: PluginFunction) -> None:
         self.spec = spec
         self.function = function
 
-    def __call__(self, kernel: Kernel | None = None) -> PluginProducer:
+    def __call__(self) -> PluginProducer:
         return PluginProducer(self.spec, self.function)
 
 
@@ -294,19 +288,19 @@ class PluginFactory:
 
 
 def load_plugin(spec: str) -> PluginFactory:
-    """`MODULE:FUNCTION` -> a producer factory; ConfigError (one line) for any problem."""
+    """`MODULE:FUNCTION` -> a producer factory; PluginError (one line) for any problem."""
     module_name, colon, func_name = spec.rpartition(":")
     if not colon or not module_name or not func_name:
-        raise ConfigError(f"--plugin {spec}: expected MODULE:FUNCTION")
+        raise PluginError(f"--plugin {spec}: expected MODULE:FUNCTION")
     module = _import(spec, module_name)
     func: object = module
     for part in func_name.split("."):
         func = getattr(func, part, _MISSING)
         if func is _MISSING:
-            raise ConfigError(f"--plugin {spec}: module {module_name} has no function "
+            raise PluginError(f"--plugin {spec}: module {module_name} has no function "
                               f"{func_name!r}")
     if not callable(func):
-        raise ConfigError(f"--plugin {spec}: {func_name!r} in {module_name} is not callable")
+        raise PluginError(f"--plugin {spec}: {func_name!r} in {module_name} is not callable")
     return PluginFactory(spec, cast(PluginFunction, func))
 
 
@@ -317,31 +311,31 @@ def _import(spec: str, module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name + ".").startswith(e.name + "."):
-            raise ConfigError(f"--plugin {spec}: no module named {module_name!r}") from None
-        raise ConfigError(f"--plugin {spec}: importing {module_name} failed: "
+            raise PluginError(f"--plugin {spec}: no module named {module_name!r}") from None
+        raise PluginError(f"--plugin {spec}: importing {module_name} failed: "
                           f"{type(e).__name__}: {e}") from None
     except Exception as e:
-        raise ConfigError(f"--plugin {spec}: importing {module_name} failed: "
+        raise PluginError(f"--plugin {spec}: importing {module_name} failed: "
                           f"{type(e).__name__}: {e}") from None
 
 
 def _import_file(spec: str, path: Path) -> ModuleType:
     """A .py file as a module of its own, under a name derived from its absolute path."""
     if not path.is_file():
-        raise ConfigError(f"--plugin {spec}: {path}: No such file")
+        raise PluginError(f"--plugin {spec}: {path}: No such file")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     name = f"khofs_plugin_{digest}"
     if name in sys.modules:
         return sys.modules[name]
     loader_spec = importlib.util.spec_from_file_location(name, path)
     if loader_spec is None or loader_spec.loader is None:
-        raise ConfigError(f"--plugin {spec}: {path}: not a Python module")
+        raise PluginError(f"--plugin {spec}: {path}: not a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module  # before running it, as import does (dataclasses need it)
     try:
         loader_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise ConfigError(f"--plugin {spec}: importing {path} failed: "
+        raise PluginError(f"--plugin {spec}: importing {path} failed: "
                           f"{type(e).__name__}: {e}") from None
     return module

@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING
 
-from khofs.engine.kho import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
+from khofs.engine.driver import DriverContext
+from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
 from khofs.engine.machine import Arch
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE
-from khofs.engine.physmem import PhysMem
 from khofs.engine.slab import get_order
-from khofs.lib.fdt_ro import FdtNode, fdt_check_header, fdt_parse
-from khofs.lib.libfdt import FdtSw, fdt_totalsize
-
-if TYPE_CHECKING:
-    from khofs.engine.kernel import Kernel
+from khofs.lib.fdt_ro import FdtNode
+from khofs.lib.libfdt import FdtSw
 
 PR_FMT = "test_kho: "  # pr_fmt: KBUILD_MODNAME ": " for lib/test_kho.c
 KHO_TEST_MAGIC = 0x4B484F21  # "KHO!"
@@ -36,7 +32,6 @@ KHO_TEST_FDT = "kho_test"
 KHO_TEST_COMPAT = "kho-test-v1"
 U32 = struct.Struct("<I")  # unsigned int and __wsum, as the CPU stores them (little-endian)
 U64 = struct.Struct("<Q")  # phys_addr_t
-MAX_SUB_FDT_READ = 16 << 20  # what khofs reads of a sub-FDT whose header claims more
 
 
 def default_max_mem(arch: Arch) -> int:
@@ -91,80 +86,80 @@ class KhoTest:
         self.kho: KhoOut | None = None
         self.restored: bool | None = None  # after a kexec: whether the restore succeeded
 
-    def init(self, kernel: Kernel) -> int:
+    def init(self, ctx: DriverContext) -> int:
         """kho_test_init: restore what came in, else generate, preserve and register."""
-        err, fdt_phys = (kernel.kho_in.retrieve_subtree(KHO_TEST_FDT)
-                         if kernel.kho_in is not None else (-errno.ENOENT, 0))
+        err, fdt_phys = (ctx.kho_in.retrieve_subtree(KHO_TEST_FDT)
+                         if ctx.kho_in is not None else (-errno.ENOENT, 0))
         if not err:
-            err = self._restore(kernel, fdt_phys)
+            err = self._restore(ctx, fdt_phys)
             self.restored = not err
             return err
         if err != -errno.ENOENT:
-            kernel.log.warn(f"{PR_FMT}failed to retrieve {KHO_TEST_FDT} FDT: {err}")
+            ctx.log.warn(f"{PR_FMT}failed to retrieve {KHO_TEST_FDT} FDT: {err}")
             return err
-        return self._save(kernel)
+        return self._save(ctx)
 
     # --- saving (the first kernel) ------------------------------------------------------
 
-    def _save(self, kernel: Kernel) -> int:
+    def _save(self, ctx: DriverContext) -> int:
         """kho_test_save. Its error paths free only the folio pointer array: data folios
         stay allocated and whatever was preserved stays preserved, as in 6.17."""
-        arch = kernel.machine.arch
+        arch = ctx.machine.arch
         page = arch.page_size
         max_mem = self.max_mem if self.max_mem is not None else default_max_mem(arch)
         max_mem = -(-max_mem // page) * page  # PAGE_ALIGN
         array_size = (max_mem // page) * U64.size  # kvmalloc_array(max_nr, sizeof(folio *))
-        array = kernel.slab.kmalloc(array_size) if array_size else 0
+        array = ctx.slab.kmalloc(array_size) if array_size else 0
         if array_size and not array:
             return -errno.ENOMEM
-        self.kho = kernel.kho
-        err = self._generate_data(kernel, max_mem)
+        self.kho = ctx.kho
+        err = self._generate_data(ctx, max_mem)
         if not err:
-            err = self._prepare_fdt(kernel)
+            err = self._prepare_fdt(ctx)
         if not err:
-            err = kernel.kho.register_notifier(self)
+            err = ctx.kho.register_notifier(self)
             if err:
-                kernel.pages.free_pages(self.fdt_phys, self.fdt_order)  # err_free_fdt
+                ctx.pages.free_pages(self.fdt_phys, self.fdt_order)  # err_free_fdt
         if err and array:
-            kernel.slab.kfree(array, array_size)  # err_free_folios: kvfree(folios)
+            ctx.slab.kfree(array, array_size)  # err_free_folios: kvfree(folios)
         return err
 
-    def _generate_data(self, kernel: Kernel, max_mem: int) -> int:
+    def _generate_data(self, ctx: DriverContext, max_mem: int) -> int:
         """kho_test_generate_data: random orders, random bytes, a running checksum."""
-        arch = kernel.machine.arch
+        arch = ctx.machine.arch
         page = arch.page_size
         nr_page_orders = arch.max_page_order + 1
         alloc_size = 0
         csum = 0
         while alloc_size < max_mem:
-            order = kernel.rng.getrandbits(32) % nr_page_orders  # get_random_u32()
+            order = ctx.rng.getrandbits(32) % nr_page_orders  # get_random_u32()
             # get_order() rounds up: step one order down so that max_mem is never exceeded
             if alloc_size + (page << order) > max_mem:
                 order = get_order(max_mem - alloc_size, page)
                 if order:
                     order -= 1
             size = page << order
-            phys = kernel.pages.alloc_pages(order)  # GFP_KERNEL | __GFP_NORETRY
+            phys = ctx.pages.alloc_pages(order)  # GFP_KERNEL | __GFP_NORETRY
             if not phys:
                 for folio, folio_order in self.folios:
-                    kernel.pages.free_pages(folio, folio_order)
+                    ctx.pages.free_pages(folio, folio_order)
                 self.folios = []
                 return -errno.ENOMEM
             self.folios.append((phys, order))
-            data = kernel.rng.randbytes(size)  # get_random_bytes()
-            kernel.mem.write(phys, data)
+            data = ctx.rng.randbytes(size)  # get_random_bytes()
+            ctx.mem.write(phys, data)
             csum = csum_partial(arch, data, csum)
             alloc_size += size
         self.csum = csum
         return 0
 
-    def _prepare_fdt(self, kernel: Kernel) -> int:
+    def _prepare_fdt(self, ctx: DriverContext) -> int:
         """kho_test_prepare_fdt: the sub-FDT in a folio of get_order(fdt_size), built in a
         buffer of exactly fdt_size bytes. Errors are OR-ed as the C code does."""
-        page = kernel.mem.page_size
+        page = ctx.mem.page_size
         fdt_size = len(self.folios) * U64.size + page
         self.fdt_order = get_order(fdt_size, page)
-        self.fdt_phys = kernel.pages.alloc_pages(self.fdt_order)
+        self.fdt_phys = ctx.pages.alloc_pages(self.fdt_order)
         if not self.fdt_phys:
             return -errno.ENOMEM
         buf = bytearray(fdt_size)  # folio_alloc does not zero; fdt_create zeroes fdt_size
@@ -175,15 +170,15 @@ class KhoTest:
         err |= fdt.begin_node("")
         err |= fdt.property("compatible", KHO_TEST_COMPAT.encode() + b"\0")
         err |= fdt.property("magic", U32.pack(KHO_TEST_MAGIC))
-        err |= self._save_data(kernel, fdt)
+        err |= self._save_data(ctx, fdt)
         err |= fdt.end_node()
         err |= fdt.finish()
-        kernel.mem.write(self.fdt_phys, bytes(buf))
+        ctx.mem.write(self.fdt_phys, bytes(buf))
         if err:
-            kernel.pages.free_pages(self.fdt_phys, self.fdt_order)  # folio_put(state->fdt)
+            ctx.pages.free_pages(self.fdt_phys, self.fdt_order)  # folio_put(state->fdt)
         return err
 
-    def _save_data(self, kernel: Kernel, fdt: FdtSw) -> int:
+    def _save_data(self, ctx: DriverContext, fdt: FdtSw) -> int:
         """kho_test_save_data: node "data" with folios_info as a placeholder filled in after,
         then every data folio preserved (the loop stops at the first failure)."""
         nr = len(self.folios)
@@ -198,7 +193,7 @@ class KhoTest:
             return err
         for i, (phys, order) in enumerate(self.folios):
             U64.pack_into(fdt.buf, info_off + i * U64.size, phys | order)
-            err = kernel.kho.preserve_folio(phys, order)
+            err = ctx.kho.preserve_folio(phys, order)
             if err:
                 break
         return err
@@ -218,21 +213,21 @@ class KhoTest:
 
     # --- restoring (the kernel after kexec) -----------------------------------------------
 
-    def _restore(self, kernel: Kernel, fdt_phys: int) -> int:
+    def _restore(self, ctx: DriverContext, fdt_phys: int) -> int:
         """kho_test_restore: every check fails with EINVAL and logs nothing."""
-        root = read_sub_fdt(kernel.mem, fdt_phys)
+        root = ctx.mem.parse_fdt(fdt_phys)
         if root is None or root.check_compatible(KHO_TEST_COMPAT):
             return -errno.EINVAL
         magic = root.getprop("magic")
         if magic is None or len(magic) != U32.size or U32.unpack(magic)[0] != KHO_TEST_MAGIC:
             return -errno.EINVAL
-        err = self._restore_data(kernel, root)
+        err = self._restore_data(ctx, root)
         if err:
             return err
-        kernel.log.info(f"{PR_FMT}KHO restore succeeded")
+        ctx.log.info(f"{PR_FMT}KHO restore succeeded")
         return 0
 
-    def _restore_data(self, kernel: Kernel, root: FdtNode) -> int:
+    def _restore_data(self, ctx: DriverContext, root: FdtNode) -> int:
         """kho_test_restore_data: restore each folio (stopping at the first that is missing
         or of another order), checksum it and put it; compare with the saved checksum."""
         node = root.subnode("data")  # fdt_path_offset(fdt, "/data")
@@ -246,38 +241,29 @@ class KhoTest:
         info = props.get("folios_info")
         if info is None or len(info) != U64.size * nr:
             return -errno.EINVAL
-        arch = kernel.machine.arch
+        arch = ctx.machine.arch
         page = arch.page_size
         csum = 0
         for (value,) in U64.iter_unpack(info):
             order, phys = value & (page - 1), value & ~(page - 1)
-            if self._restore_folio(kernel, phys) != order:
+            if self._restore_folio(ctx, phys) != order:
                 break
-            data = kernel.mem.read(phys, (page << order) & 0xFFFFFFFF)  # unsigned int size
+            data = ctx.mem.read(phys, (page << order) & 0xFFFFFFFF)  # unsigned int size
             csum = csum_partial(arch, data, csum)
-            self._folio_put(kernel, phys, order)
+            self._folio_put(ctx, phys, order)
         return 0 if csum == U32.unpack(old_csum)[0] else -errno.EINVAL
 
     @staticmethod
-    def _restore_folio(kernel: Kernel, phys: int) -> int | None:
+    def _restore_folio(ctx: DriverContext, phys: int) -> int | None:
         """kho_restore_folio: the folio's order, or None when there is none."""
-        return kernel.kho_in.restore_folio(phys) if kernel.kho_in is not None else None
+        return ctx.kho_in.restore_folio(phys) if ctx.kho_in is not None else None
 
     @staticmethod
-    def _folio_put(kernel: Kernel, phys: int, order: int) -> None:
+    def _folio_put(ctx: DriverContext, phys: int, order: int) -> None:
         """folio_put of a restored folio: back to the page allocator. khofs frees only a
         block the handover really preserved at that order (and only once), so an edited
         folios_info cannot hand out memory that is in use."""
-        kho_in = kernel.kho_in
+        kho_in = ctx.kho_in
         if kho_in is not None and kho_in.orders.get(phys) == order:
             del kho_in.orders[phys]
-            kernel.pages.free_pages(phys, order)
-
-
-def read_sub_fdt(mem: PhysMem, phys: int) -> FdtNode | None:
-    """The tree of the sub-FDT at phys, or None when libfdt would refuse it."""
-    head = mem.read(phys, 40)
-    if fdt_check_header(head):
-        return None
-    root = fdt_parse(mem.read(phys, min(fdt_totalsize(head), MAX_SUB_FDT_READ)))
-    return None if isinstance(root, int) else root
+            ctx.pages.free_pages(phys, order)

@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from khofs.daemon import mountinfo
+
 KHOFS = [sys.executable, "-m", "khofs"]
 
 
@@ -146,15 +148,11 @@ class Kho:
         """khofs umount (it waits for the daemon); a lazy unmount if even that fails."""
         if self._root is not None:
             khofs("umount", str(self._root), check=False)
-            if _mounted(self._root):
+            if mountinfo.is_mounted(self._root):
                 subprocess.run(["umount", "-l", str(self._root)], check=False)
             self._root = None
 
 
-def _mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def pytest_configure(config: pytest.Config) -> None:
