@@ -250,7 +250,8 @@ class DebugfsOperations:
         return _check(self.fs.truncate(self._dentry(path), length))
 
     def statfs(self, path: str) -> dict[str, int]:
-        """simple_statfs: debugfs reports its magic, the page size and NAME_MAX, no blocks."""
+        """simple_statfs: the page size and NAME_MAX, no blocks. The magic is the FUSE
+        module's, not DEBUGFS_MAGIC (a known difference: FUSE sets it)."""
         return {"f_bsize": self.page_size, "f_frsize": self.page_size, "f_namemax": NAME_MAX}
 
     def access(self, path: str, amode: int) -> int:

@@ -1,4 +1,5 @@
-"""The memblock reservations an x86-64 kernel makes before KHO sizes its scratch areas.
+"""The memblock reservations a kernel (x86-64 or arm64) makes before KHO sizes its scratch
+areas.
 
 They are made through the emulated memblock in the order `start_kernel` makes them, up to
 `mm_core_init` -> `kho_memory_init`, with the sizes a distribution kernel (Debian's 6.16

@@ -1,0 +1,112 @@
+"""From options to a machine: the boot table, the machine, the kernel or System to serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from khofs.cli.parser import Usage
+
+if TYPE_CHECKING:
+    from khofs.engine.driver import Initcall
+    from khofs.engine.kernel import Kernel
+    from khofs.engine.system import System
+    from khofs.producers.plugin import PluginFactory
+    from khofs.producers.spec import ProducerSpec
+
+DEFAULT_CMDLINE = "kho=on"
+DEFAULT_MACHINE = "laptop"
+
+
+def check_mountpoint(path: str) -> None:
+    from khofs.daemon import mountinfo
+
+    if not os.path.exists(path):
+        raise Usage(f"mount point {path}: does not exist")
+    if not os.path.isdir(path):
+        raise Usage(f"mount point {path}: not a directory")
+    if mountinfo.fstype(path) is not None:
+        raise Usage(f"mount point {path}: busy (something is already mounted there)")
+    try:
+        entries = os.listdir(path)
+    except OSError as e:
+        raise Usage(f"mount point {path}: {e.strerror}") from None
+    if entries:
+        # libfuse2 refuses it with a message of its own, libfuse3 would mount over it
+        raise Usage(f"mount point {path}: not empty")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
+
+
+def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
+    """The boot table: --producers FILE, then each --plugin, in that order."""
+    from khofs.producers.plugin import load_plugin
+    from khofs.producers.producers_file import load_producers
+    from khofs.producers.table import boot_table
+
+    drivers: list[ProducerSpec | PluginFactory] = []
+    if getattr(args, "producers", None):
+        drivers.extend(load_producers(args.producers))
+    drivers.extend(load_plugin(spec) for spec in getattr(args, "plugin", None) or ())
+    return boot_table(drivers)
+
+
+def boot_kernel(args: argparse.Namespace) -> Kernel:
+    """One boot of the machine, not mounted (`khofs machine show`)."""
+    from khofs.engine.kernel import Kernel
+    from khofs.machines.load import load_machine
+    from khofs.producers.table import boot_table
+
+    machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
+    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
+    return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid())
+
+
+def make_system(args: argparse.Namespace) -> System:
+    """The machine to mount: a cold boot, or (--boot-from) the next kernel of a handover."""
+    from khofs.engine.system import System
+    from khofs.machines.load import load_machine
+
+    initcalls = boot_table_of(args)
+    if args.boot_from is not None:
+        return _system_from(args, initcalls)
+    machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
+    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
+    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=os.getuid(),
+                  gid=os.getgid())
+
+
+def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
+    """--boot-from DIR: the machine as DIR describes it, booted with its handover. The
+    command line is the one kexec loaded, and the seed the previous daemon's."""
+    from khofs.daemon.ramimage import machine_difference, read_state_dir
+    from khofs.engine.system import System
+    from khofs.machines.load import load_machine
+
+    if args.cmdline is not None:
+        raise Usage("--cmdline and --boot-from: the next kernel's command line is the one "
+                    "`khofs kexec` loaded (use its --append or --command-line)")
+    machine, state = read_state_dir(Path(args.boot_from))
+    given = load_machine(args.machine_arg) if args.machine_arg is not None else None
+    diff = machine_difference(given, machine) if given is not None else []
+    if diff:
+        raise Usage(f"--machine {args.machine_arg}: not the machine that wrote "
+                    f"{args.boot_from} ({', '.join(diff)} differ)")
+    if args.seed is not None and args.seed != state.seed:
+        raise Usage(f"--seed {args.seed}: {args.boot_from} was written with seed "
+                    f"{state.seed}")
+    return System(machine, state.image.handover.cmdline, initcalls, seed=state.seed,
+                  uid=os.getuid(), gid=os.getgid(), state=state)
+
+
+def warn_kho_off(kernel: Kernel) -> None:
+    if not kernel.params.kho:
+        print(f"khofs: KHO is off on the kernel command line {kernel.params.cmdline!r}, as a "
+              "kernel would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
+    elif not kernel.kho_enabled:
+        print("khofs: KHO was disabled during boot: a scratch area could not be allocated "
+              "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory",
+              file=sys.stderr)

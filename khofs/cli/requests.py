@@ -1,0 +1,116 @@
+"""`khofs kexec` and `khofs log`: requests to the daemon serving a mount."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from khofs.cli.parser import Usage
+
+UNMOUNT_TIMEOUT = 10.0
+
+
+# --- kexec and log: requests to the daemon serving a mount --------------------------------
+
+def _control(mountpoint: str) -> tuple[str, Path]:
+    """The mount point as the user gave it and its daemon's control socket; one line and
+    exit 1 when nothing of khofs is mounted there."""
+    from khofs.daemon import mountinfo
+    from khofs.daemon.state import socket_path
+
+    path = os.path.abspath(mountpoint)
+    mount = mountinfo.find(path)
+    if mount is None or mount.fstype != "fuse.khofs":
+        raise Failure(f"{mountpoint}: not a khofs mount")
+    user_id = mount.option("user_id")
+    owner = int(user_id) if user_id is not None else None
+    if owner is not None and owner != os.getuid():
+        # its control socket is private to that user (and the daemon checks SO_PEERCRED)
+        raise Failure(f"{mountpoint}: mounted by uid {owner}: only that user may use its "
+                      "daemon")
+    return mountpoint, socket_path(path)
+
+
+class Failure(Exception):
+    """A request that failed: one line, exit status 1."""
+
+
+def cmd_kexec(args: argparse.Namespace) -> int:
+    from khofs.daemon.control import ControlError, KexecRequest, kexec
+
+    load = not args.exec_only
+    if args.exec_only and (args.append is not None or args.command_line is not None
+                           or args.image or args.initrd):
+        raise Usage("--exec-only boots what is loaded: it takes no --append, --command-line, "
+                    "--image or --initrd")
+    to = os.path.abspath(args.to) if args.to else None
+    request = KexecRequest(
+        load=load, execute=not args.load_only, append=args.append,
+        command_line=args.command_line,
+        image_size=_image_size(args.image) if args.image else None,
+        initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to)
+    try:
+        mountpoint, sock = _control(args.mountpoint)
+        kexec(sock, mountpoint, request, lambda: _wait_unmounted(args.mountpoint))
+    except (Failure, ControlError) as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _wait_unmounted(mountpoint: str) -> None:
+    from khofs.daemon import mountinfo
+
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    while mountinfo.is_mounted(mountpoint):
+        if time.monotonic() > deadline:
+            raise Failure(f"{mountpoint}: still mounted after the handover")
+        time.sleep(0.02)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from khofs.daemon.control import ControlError, stream_log
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        if args.follow:
+            sys.stdout.flush()
+
+    try:
+        mountpoint, sock = _control(args.mountpoint)
+        stream_log(sock, mountpoint, args.follow, out)
+    except (Failure, ControlError) as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C ends -f, as it ends `dmesg -w`
+    except BrokenPipeError:
+        # `khofs log MNT | head`: the reader is gone; say nothing, as dmesg does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+# --- image sizes, as kexec_file_load's image loaders size the kernel segment -------------
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise Usage(f"{path}: {e.strerror or e}") from None
+
+
+def _image_size(path: str) -> int:
+    from khofs.engine.kexec import kernel_image_size
+
+    try:
+        with open(path, "rb") as f:
+            size = kernel_image_size(f.read(0x264), os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        raise Usage(f"{path}: {e.strerror or e}") from None
+    if not size:
+        raise Usage(f"{path}: empty, not a kernel image")
+    return size
