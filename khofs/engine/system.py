@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from khofs.engine.crash_core import CrashRes, crash_get_memory_size, crash_shrink_memory
 from khofs.engine.driver import Initcall
 from khofs.engine.kernel import Kernel
 from khofs.engine.kexec import (
@@ -23,9 +24,29 @@ from khofs.engine.kexec import (
     pack_scratch_table,
     scratch_table_buf,
 )
+from khofs.engine.kexec_core import (
+    KEXEC_ON_CRASH,
+    KexecSegment,
+    copy_segments,
+    kexec_load_arch_check,
+    kexec_load_check,
+    kexec_load_permitted,
+    kimage_load_segments,
+    sanity_check_segment_list,
+)
+from khofs.engine.kexec_file import (
+    KEXEC_FILE_FLAGS,
+    KEXEC_FILE_ON_CRASH,
+    KEXEC_FILE_UNLOAD,
+    kimage_file_prepare,
+    totalram_pages,
+)
+from khofs.engine.kexec_image import boot_command_line
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
+from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown, sys_reboot
+from khofs.engine.uaccess import UserAccess
 
 LogSink = Callable[[int, Record], None]
 
@@ -69,13 +90,17 @@ class System:
         self.mem = PhysMem(machine.arch.page_size)
         self.records: list[tuple[int, Record]] = []
         self.loaded: LoadedImage | None = None
+        self.crash_loaded: LoadedImage | None = None  # kexec_crash_image
+        self.boot_cmdline = cmdline  # what the boot loader starts a cold boot with
+        self.going: tuple[Shutdown, LoadedImage | None] | None = None  # a reboot under way
         if state is None:
             self.kernel = self._boot(cmdline, None, 1)
-            return
-        self.seed = state.seed
-        self.mem.load_pages(state.pages)
-        self.records = list(state.records)
-        self.kernel = self._start(state.image, state.boot_number + 1)
+        else:
+            self.seed = state.seed
+            self.mem.load_pages(state.pages)
+            self.records = list(state.records)
+            self.kernel = self._start(state.image, state.boot_number + 1)
+        self.crash = CrashRes.of(self.kernel.reservations)
 
     def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
         def sink(rec: Record) -> None:
@@ -159,6 +184,131 @@ class System:
         for phys, data in image.contents:
             self.mem.write(phys, data)
         return self._boot(image.handover.cmdline, image.handover, number)
+
+    # --- the machine's system calls, as `khofs run` serves them -----------------------------
+
+    def sys_kexec_file_load(self, user: UserAccess, kernel_fd: int, initrd_fd: int,
+                            cmdline_len: int, cmdline_ptr: int, flags: int) -> int:
+        """kexec_file_load(2): 0 or a negative errno (khofs.engine.kexec_file). UNLOAD empties
+        the slot; a crash load frees the old crash image first, so a failed one leaves none;
+        a failed normal load keeps the image loaded before."""
+        if not kexec_load_permitted(user):
+            return -errno.EPERM
+        if flags & ~KEXEC_FILE_FLAGS:
+            return -errno.EINVAL
+        crash = bool(flags & KEXEC_FILE_ON_CRASH)
+        with self.lock:
+            if flags & KEXEC_FILE_UNLOAD:
+                self._install(crash, None)
+                return 0
+            if crash:
+                self.crash_loaded = None
+            got = kimage_file_prepare(self.kernel, user, kernel_fd, initrd_fd, cmdline_len,
+                                      cmdline_ptr, flags, self.crash.res if crash else None)
+            if isinstance(got, int):
+                return got
+            self._install(crash, self._image(self.kernel, got.cmdline, got.segments))
+            return 0
+
+    def sys_kexec_load(self, user: UserAccess, entry: int, nr_segments: int, segments: int,
+                       flags: int, compat: bool = False) -> int:
+        """kexec_load(2) (compat: the i386 entry): 0 or a negative errno. No segments
+        unloads the slot; the image carries no KHO handover."""
+        arch = self.machine.arch.name
+        err = kexec_load_check(user, nr_segments, flags) or \
+            kexec_load_arch_check(flags, arch, compat)
+        if err:
+            return err
+        segs = copy_segments(user, segments, nr_segments, compat)
+        if isinstance(segs, int):
+            return segs
+        crash = bool(flags & KEXEC_ON_CRASH)
+        with self.lock:
+            if not segs:
+                self._install(crash, None)
+                return 0
+            if crash:
+                self.crash_loaded = None
+            image = self._classic_image(user, entry, segs, crash)
+            if isinstance(image, int):
+                return image
+            self._install(crash, image)
+            return 0
+
+    def _classic_image(self, user: UserAccess, entry: int, segs: list[KexecSegment],
+                       crash: bool) -> LoadedImage | int:
+        """kimage_alloc_init (a crash entry point inside crashk_res), the sanity checks,
+        then each segment's data; the next kernel's command line is what that data says."""
+        k, page = self.kernel, self.machine.arch.page_size
+        region = self.crash.res if crash else None
+        if region is not None and not region[0] <= entry <= region[1]:
+            return -errno.EADDRNOTAVAIL
+        err = sanity_check_segment_list(segs, page, self.machine.arch.name,
+                                        totalram_pages(k), region)
+        if err:
+            return err
+        contents = kimage_load_segments(user, segs, page)
+        if isinstance(contents, int):
+            return contents
+        segments = tuple(Segment(f"segment {i}", s.mem, s.memsz) for i, s in enumerate(segs))
+        cmdline = boot_command_line(self.machine.arch.name, contents)
+        return LoadedImage(Handover(cmdline, segments), tuple(contents))
+
+    def _install(self, crash: bool, image: LoadedImage | None) -> None:
+        if crash:
+            self.crash_loaded = image
+        else:
+            self.loaded = image
+
+    def sys_reboot(self, user: UserAccess, magic1: int, magic2: int, cmd: int,
+                   arg: int) -> int | Reboot | PidNsReboot:
+        """reboot(2): 0 or a negative errno when it returns; a Reboot when this boot ends
+        (its last line is logged and its debugfs gone: boot_next starts the next one);
+        a PidNsReboot for a caller in a pid namespace of its own."""
+        with self.lock:
+            got = sys_reboot(user, magic1, magic2, cmd, arg, self.loaded is not None)
+            if isinstance(got, Reboot):
+                self._shut_down(got)
+            return got
+
+    def _shut_down(self, reboot: Reboot) -> None:
+        if reboot.how is Shutdown.KEXEC:
+            image = self.loaded
+            self._leave()  # "kexec_core: Starting new kernel"
+            self.going = (reboot.how, image)
+            return
+        self.kernel.log.log("emerg", reboot.message)
+        self.kernel.debugfs.remove(self.kernel.debugfs.root)
+        self.going = (reboot.how, None)
+
+    def boot_next(self) -> None:
+        """After a reboot: the loaded image boots in this RAM (kexec), or the machine starts
+        cold (restart: RAM cleared, no image, no handover, the boot loader's command line).
+        The boot number goes on either way."""
+        with self.lock:
+            assert self.going is not None and self.going[0] in (Shutdown.KEXEC,
+                                                                Shutdown.RESTART)
+            how, image = self.going
+            self.going = None
+            number = self.kernel.boot_number + 1
+            if how is Shutdown.KEXEC and image is not None:
+                self.kernel = self._start(image, number)
+            else:
+                self.mem = PhysMem(self.machine.arch.page_size)
+                self.loaded = self.crash_loaded = None
+                self.kernel = self._boot(self.boot_cmdline, None, number)
+            self.crash = CrashRes.of(self.kernel.reservations)
+
+    def crash_size(self) -> int:
+        """crash_get_memory_size: /sys/kernel/kexec_crash_size."""
+        with self.lock:
+            return crash_get_memory_size(self.crash)
+
+    def crash_shrink(self, size: int) -> int:
+        """crash_shrink_memory: a write to /sys/kernel/kexec_crash_size."""
+        with self.lock:
+            return crash_shrink_memory(self.crash, size, self.crash_loaded is not None,
+                                       self.machine.arch.page_size)
 
     def log_lines(self) -> list[str]:
         return [format_record(boot, rec) for boot, rec in self.records]
