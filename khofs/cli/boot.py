@@ -65,8 +65,9 @@ def boot_kernel(args: argparse.Namespace) -> Kernel:
     return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid())
 
 
-def make_system(args: argparse.Namespace) -> System:
-    """The machine to mount: a cold boot, or (--boot-from) the next kernel of a handover."""
+def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) -> System:
+    """The machine to mount: a cold boot, or (--boot-from) the next kernel of a handover.
+    owner: who owns its debugfs (default: us; `khofs run` serves it as root of the run)."""
     from khofs.engine.system import System
     from khofs.machines.load import load_machine
 
@@ -75,8 +76,8 @@ def make_system(args: argparse.Namespace) -> System:
         return _system_from(args, initcalls)
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=os.getuid(),
-                  gid=os.getgid())
+    uid, gid = owner or (os.getuid(), os.getgid())
+    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=uid, gid=gid)
 
 
 def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:

@@ -30,18 +30,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """khofs run: the mount options go to the daemon `khofs mount` runs in the namespace."""
-    from khofs.run.runner import RunError, run
+    """khofs run: the machine boots here, then the runner serves it to COMMAND."""
+    from khofs.daemon.fuse_edge import load_backend
+    from khofs.run.initramfs import read_initrd
+    from khofs.run.runner import RunError, check_inputs, run
 
     command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
-    options = [f"--{name.replace('_', '-')}={value}" for name, value in (
-        ("machine", args.machine_arg), ("cmdline", args.cmdline), ("producers", args.producers),
-        ("seed", args.seed)) if value is not None]
-    options += [f"--plugin={spec}" for spec in args.plugin]
-    options += [flag for flag, on in (("--debug", args.debug),
-                                      ("--allow-other", args.allow_other)) if on]
+    if not command and (args.initrd or args.root):
+        command = ["/init"]
     try:
-        return run(options, command)
+        check_inputs(command, args.boots, args.root)
+        initrd = read_initrd(args.initrd) if args.initrd else None
+        load_backend()
+        args.boot_from = None
+        system = make_system(args, owner=(0, 0))  # root of the run: the user, mapped
+        warn_kho_off(system.kernel)
+        return run(system, command, boots=args.boots, console=args.console, initrd=initrd,
+                   root=args.root, debug=args.debug)
     except RunError as e:
         raise Usage(str(e)) from None
 

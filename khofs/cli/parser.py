@@ -43,9 +43,20 @@ def build_parser() -> Parser:
     m.add_argument("--foreground", action="store_true", help="serve in this process")
     m.add_argument("--log", metavar="FILE", help="the daemon's log (default: under "
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
-    r = sub.add_parser("run", help="run COMMAND with the emulated debugfs at /sys/kernel/debug "
-                       "and a kexec for it, in a private mount namespace")
+    r = sub.add_parser("run", help="run COMMAND as the userspace of an emulated machine: its "
+                       "kexec and reboot system calls, /proc and /sys files and debugfs are "
+                       "the emulated kernel's, in namespaces of its own")
     _boot_options(r)
+    r.add_argument("--boots", type=_boots, default=1, metavar="N",
+                   help="boot up to N times: a reboot that would start boot N+1 ends the run "
+                   "(default 1)")
+    r.add_argument("--console", action="store_true",
+                   help="copy the emulated kernel's log to stderr as it is printed")
+    root = r.add_mutually_exclusive_group()
+    root.add_argument("--initrd", metavar="FILE", help="a newc cpio archive (gzip-compressed "
+                      "or not) unpacked as COMMAND's root at every boot (COMMAND: /init)")
+    root.add_argument("--root", metavar="DIR", help="DIR as COMMAND's root (COMMAND: /init)")
+    # --next-abi ERA (the next kernel's ABI era) belongs here, beside the boot options.
     r.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
@@ -80,6 +91,16 @@ def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     k.add_argument("--to", metavar="DIR", help="boot the next kernel in another process: "
                    "write RAM and handover to DIR, unmount, stop (with --load-only: when "
                    "this daemon is stopped later)")
+
+
+def _boots(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a positive integer")
+    return value
 
 
 def _seed(text: str) -> int:

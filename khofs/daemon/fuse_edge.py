@@ -37,9 +37,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from khofs.debugfs.inode import Debugfs, Dentry, OpenFile
+from khofs.daemon.opener import Opener
+from khofs.debugfs.inode import Dentry, OpenFile
 
 log = logging.getLogger("khofs.daemon.fuse_edge")
 
@@ -131,14 +132,34 @@ class FuseError(OSError):
         super().__init__(err, os.strerror(err))
 
 
+class Tree(Protocol):
+    """What the operations ask of a tree: a Debugfs, or `khofs run`'s root
+    (khofs.daemon.run_tree) of a debugfs and the machine files."""
+
+    def lookup(self, path: str) -> Dentry | None: ...
+
+    def readdir(self, dentry: Dentry) -> list[str]: ...
+
+    def chmod(self, dentry: Dentry, mode: int) -> int: ...
+
+    def chown(self, dentry: Dentry, uid: int, gid: int) -> int: ...
+
+    def utimens(self, dentry: Dentry, atime_ns: int | None, mtime_ns: int | None) -> int: ...
+
+    def truncate(self, dentry: Dentry, length: int) -> int: ...
+
+
+Capable = Callable[[int, int], bool]  # (pid, capability): the opener's credentials
+
+
 def _check(result: int) -> int:
     if result < 0:
         raise FuseError(-result)
     return result
 
 
-def _constant(fs: Debugfs) -> Callable[[], Debugfs]:
-    def current() -> Debugfs:
+def _constant(fs: Tree) -> Callable[[], Tree]:
+    def current() -> Tree:
         return fs
 
     return current
@@ -173,10 +194,13 @@ class DebugfsOperations:
     # as libfuse3 always does, so `touch -a` / `touch -m` set just the one time
     flag_utime_omit_ok = 1
 
-    def __init__(self, fs: Debugfs | Callable[[], Debugfs], page_size: int,
+    def __init__(self, fs: Tree | Callable[[], Tree], page_size: int,
                  on_ready: Callable[[], None] | None = None,
-                 lock: AbstractContextManager[Any] | None = None) -> None:
-        self._current: Callable[[], Debugfs] = _constant(fs) if isinstance(fs, Debugfs) else fs
+                 lock: AbstractContextManager[Any] | None = None,
+                 capable: Capable | None = None, context: Any = None) -> None:
+        self._current: Callable[[], Tree] = fs if callable(fs) else _constant(fs)
+        self._capable = capable
+        self._context = context  # the binding's module: fuse_get_context, libfuse
         self.page_size = page_size
         self.on_ready = on_ready
         self.handles: dict[int, OpenFile] = {}
@@ -186,7 +210,7 @@ class DebugfsOperations:
         self.started = False  # init ran: the mount is up
 
     @property
-    def fs(self) -> Debugfs:
+    def fs(self) -> Tree:
         """The running kernel's tree: one and the same for the whole call, since the call
         holds the lock a kexec takes."""
         return self._current()
@@ -195,7 +219,7 @@ class DebugfsOperations:
         _keep_thread_state()
         # The bindings answer an unexpected exception with EINVAL and hide it: log it, say EIO.
         try:
-            with self._tree_lock:
+            with self._lock_for(op, args):
                 method = getattr(self, op, None)
                 if op not in OPERATIONS or method is None:
                     raise FuseError(errno.EFAULT)  # what fusepy's Operations said
@@ -205,6 +229,23 @@ class DebugfsOperations:
         except Exception:
             log.exception("unexpected error in FUSE operation %s%r", op, args[:1])
             raise FuseError(errno.EIO) from None
+
+    def _lock_for(self, op: str, args: tuple[Any, ...]) -> AbstractContextManager[Any]:
+        """The tree lock, but not for a read that may wait (/dev/kmsg in `khofs run`)."""
+        if op == "read" and getattr(self.handles.get(getattr(args[-1], "fh", 0)), "unlocked",
+                                    False):
+            return nullcontext()
+        return self._tree_lock
+
+    def _opener(self, fi: Any) -> Opener:
+        """Who is opening (fuse_get_context) and with which flags."""
+        if self._context is None:
+            return Opener(flags=fi.flags)
+        _, _, pid = self._context.fuse_get_context()
+        capable, lib = self._capable, self._context._libfuse
+        return Opener(pid=pid, flags=fi.flags,
+                      capable=(lambda cap: capable(pid, cap)) if capable else (lambda cap: True),
+                      interrupted=lambda: bool(lib.fuse_interrupted()))
 
     def init(self, path: str) -> None:
         self.started = True
@@ -287,7 +328,8 @@ class DebugfsOperations:
         dentry = self._dentry(path)
         if dentry.fops is None:
             raise FuseError(errno.EISDIR)
-        of = dentry.fops.open(dentry)
+        open_as = getattr(dentry.fops, "open_as", None)
+        of = open_as(dentry, self._opener(fi)) if open_as else dentry.fops.open(dentry)
         if isinstance(of, int):
             raise FuseError(-of)
         with self._lock:
@@ -560,10 +602,12 @@ def __getattr__(name: str) -> str:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def serve(tree: Debugfs | Callable[[], Debugfs], mountpoint: str, page_size: int, *,
+def serve(tree: Tree | Callable[[], Tree], mountpoint: str, page_size: int, *,
           lock: AbstractContextManager[Any] | None = None, allow_other: bool = False,
-          debug: bool = False, on_ready: Callable[[], None] | None = None) -> None:
-    """Mount and serve until unmounted or signalled (libfuse handles SIGTERM and SIGINT)."""
+          debug: bool = False, on_ready: Callable[[], None] | None = None,
+          capable: Capable | None = None) -> None:
+    """Mount and serve until unmounted or signalled (libfuse handles SIGTERM and SIGINT).
+    capable(pid, cap) answers for files whose contents depend on the opener."""
     backend = load_backend()
-    ops = DebugfsOperations(tree, page_size, on_ready, lock)
+    ops = DebugfsOperations(tree, page_size, on_ready, lock, capable, backend.module)
     backend.serve(ops, os.fspath(mountpoint), allow_other=allow_other, debug=debug)

@@ -59,11 +59,12 @@ class Debugfs:
     `lock` stands for the inode locks and the dcache: it guards the tree, never the data.
     """
 
-    def __init__(self, uid: int, gid: int, mode: int = 0o700) -> None:
+    def __init__(self, uid: int, gid: int, mode: int = 0o700, first_ino: int = 1) -> None:
         self.uid = uid
         self.gid = gid
         self.lock = threading.RLock()
-        self._ino = itertools.count(1)
+        # first_ino: another tree served beside this one (khofs run) keeps its own numbers
+        self._ino = itertools.count(first_ino)
         self.root = Dentry("", None, self._new_inode(stat.S_IFDIR | mode))
         # debugfs_fill_super: the root starts with nlink 2 ("." and its entry in the parent)
         self.root.inode.nlink = 2

@@ -164,11 +164,12 @@ def _c_string(segments: Sequence[tuple[int, bytes]], phys: int) -> str | None:
 
 def boot_command_line(arch: str, segments: Sequence[tuple[int, bytes]]) -> str:
     """The command line a kernel started from these segments reads: x86 from the
-    boot_params page (found by its setup header), arm64 from the device tree's
+    boot_params page (found by its setup header's "HdrS"; kexec-tools copies the header
+    from the image, with no boot flag), arm64 from the device tree's
     /chosen/bootargs; "" when the loaded data holds none."""
     for _, data in segments:
         if arch == "x86_64" and len(data) >= PAGE_SIZE_X86 and \
-                data[HEADER:HEADER + 4] == b"HdrS" and _u16(data, BOOT_FLAG) == 0xAA55:
+                data[HEADER:HEADER + 4] == b"HdrS":
             ptr = _u32(data, CMD_LINE_PTR) | _u32(data, EXT_CMD_LINE_PTR) << 32
             found = _c_string(segments, ptr)
             if found is not None:

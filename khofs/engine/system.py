@@ -46,6 +46,7 @@ from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
 from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown, sys_reboot
+from khofs.engine.sysrq import handle_sysrq, sysrq_keys
 from khofs.engine.uaccess import UserAccess
 
 LogSink = Callable[[int, Record], None]
@@ -207,7 +208,12 @@ class System:
                                       cmdline_ptr, flags, self.crash.res if crash else None)
             if isinstance(got, int):
                 return got
-            self._install(crash, self._image(self.kernel, got.cmdline, got.segments))
+            cmdline = got.cmdline
+            headers = next((s for s in got.segments if s.what == "elfcorehdr"), None)
+            if headers is not None and self.machine.arch.name == "x86_64":
+                # bzImage64's setup_cmdline puts the ELF core headers' address first
+                cmdline = f"elfcorehdr=0x{headers.mem:x} {cmdline}"
+            self._install(crash, self._image(self.kernel, cmdline, got.segments))
             return 0
 
     def sys_kexec_load(self, user: UserAccess, entry: int, nr_segments: int, segments: int,
@@ -277,9 +283,31 @@ class System:
             self._leave()  # "kexec_core: Starting new kernel"
             self.going = (reboot.how, image)
             return
-        self.kernel.log.log("emerg", reboot.message)
+        if reboot.message:
+            self.kernel.log.log("emerg", reboot.message)
         self.kernel.debugfs.remove(self.kernel.debugfs.root)
         self.going = (reboot.how, None)
+
+    def sysrq_write(self, data: bytes) -> Reboot | None:
+        """A write to /proc/sysrq-trigger (khofs.engine.sysrq): a Reboot when a key ends the
+        boot; a crash with a crash kernel loaded boots it (__crash_kexec: no "Starting new
+        kernel" line)."""
+        with self.lock:
+            for key in sysrq_keys(data):
+                lines, reboot = handle_sysrq(key, self.kernel.params.cmdline,
+                                             self.crash_loaded is not None)
+                for line in lines:
+                    self.kernel.log.log(line.level, line.text)
+                if reboot is None:
+                    continue
+                if reboot.how is Shutdown.KEXEC:
+                    image, self.crash_loaded = self.crash_loaded, None
+                    self.kernel.debugfs.remove(self.kernel.debugfs.root)
+                    self.going = (Shutdown.KEXEC, image)
+                else:
+                    self._shut_down(reboot)
+                return reboot
+            return None
 
     def boot_next(self) -> None:
         """After a reboot: the loaded image boots in this RAM (kexec), or the machine starts

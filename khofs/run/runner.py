@@ -1,123 +1,298 @@
-"""`khofs run [mount options] -- COMMAND [ARGS...]`: COMMAND sees an emulated kernel's
-debugfs at /sys/kernel/debug, and a `kexec` that drives it, in a private mount namespace.
+"""`khofs run [mount options] [--boots N] [--console] [--initrd FILE | --root DIR] -- COMMAND`:
+COMMAND is the userspace of an emulated machine, booted up to N times.
 
-As root the namespace is a new mount namespace; as an ordinary user a user namespace too, in
-which we are root and may mount FUSE (Linux 4.18+). The daemon is our direct child, serving in
-the foreground and told to die with us (PR_SET_PDEATHSIG), so nothing outlives `khofs run`,
-even when it is killed: the namespace and its mounts go with the last process in it.
+The runner stays single-threaded: it makes the run's mount namespace (and, for an ordinary
+user, a user namespace in which it is root), forks the daemon that holds the machine
+(khofs.run.machine: FUSE and the seccomp supervisor), prepares the /sys/kernel overlay, then
+boots: each boot gets fresh namespaces with COMMAND as PID 1 (khofs.run.init). When the
+machine reboots, the daemon says so and the runner kills the boot's init, which takes every
+process of the boot with it; then the next kernel boots (kexec, or a cold restart) and
+COMMAND starts again. The run ends when COMMAND exits (its status), when the machine halts or
+powers off (0), or when a reboot would start boot N+1 (0, and a line on stderr).
+
+Everything lives in the runner's private mount namespace: the FUSE mount, the overlay and
+the per-boot roots go with it. Killed, the runner takes the daemon (PR_SET_PDEATHSIG) and the
+boot (its A, then init) along.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from khofs.daemon import mountinfo
-from khofs.run import namespace
+from khofs.engine.system import System
+from khofs.errors import InputError
+from khofs.run import namespace as ns
+from khofs.run.init import BootPlan, start_boot
+from khofs.run.initramfs import Entry
+from khofs.run.machine import receive, run_daemon, send
+from khofs.run.mounts import Places
+from khofs.run.seccomp import seccomp_available
 
-DEBUGFS = "/sys/kernel/debug"
-SBIN = "/usr/sbin"
 START_TIMEOUT = 30.0
-
-KEXEC_WRAPPER = """#!/bin/sh
-# khofs run: kexec for the emulated kernel mounted at $KHOFS_MOUNT
-exec "{python}" -m khofs.run.kexec_tool "$@"
-"""
+DEFAULT_INIT = "/init"  # the kernel's rdinit
 
 
 class RunError(Exception):
     """A start-up problem: one line, exit status 2."""
 
 
+class Stop(Exception):
+    """SIGTERM or SIGHUP to the runner: end the run as SIGINT does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _start_daemon(mnt: str, options: Sequence[str], log: Path,
-                  env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`khofs mount --foreground` as our child; ready once the mount shows up."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "khofs", "mount", mnt, "--foreground", *options],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
-            preexec_fn=lambda: namespace.set_parent_death_signal(signal.SIGTERM))
-    deadline = time.monotonic() + START_TIMEOUT
-    while not mountinfo.is_mounted(mnt):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise RunError(lines[-1].removeprefix("khofs: ") if lines else "the daemon failed")
+def _console_device() -> str:
+    """What the run's /dev/console is: our terminal, else /dev/null."""
+    for fd in (2, 1, 0):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                return os.ttyname(fd)
+    return "/dev/null"
+
+
+class Runner:
+    def __init__(self, system: System, command: Sequence[str], boots: int, console: bool,
+                 initrd: list[Entry] | None, root: str | None, debug: bool) -> None:
+        self.system = system
+        self.boots = boots
+        self.console = console
+        self.debug = debug
+        self.tmp = Path(tempfile.mkdtemp(prefix="khofs-run-"))
+        os.chmod(self.tmp, 0o755)  # COMMAND may switch to other users
+        fuse = self.tmp / "fuse"
+        self.places = Places(machine=str(fuse / "machine"), debug=str(fuse / "debug"),
+                             sys_kernel=str(self.tmp / "sys_kernel"),
+                             console=_console_device())
+        own_root = initrd is not None or root is not None
+        self.plan = BootPlan(tuple(command), self.places,
+                             root=str(self.tmp / "root") if own_root else None,
+                             root_dir=root, initrd=tuple(initrd or ()))
+        self.daemon: int | None = None
+        self.control: socket.socket | None = None
+        self.init_pidfd: int | None = None
+        self.ending: str | None = None  # how the machine went down in this boot
+
+    # --- the daemon -------------------------------------------------------------------------
+
+    def start_daemon(self) -> None:
+        (self.tmp / "fuse").mkdir()
+        (self.tmp / "sys_kernel").mkdir()
+        if self.plan.root is not None:
+            (self.tmp / "root").mkdir()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        log = self.tmp / "daemon.log"
+        console = os.dup(2) if self.console else None
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            run_daemon(self.system, theirs, self.places, str(self.tmp / "fuse"), console,
+                       self.debug)
+        theirs.close()
+        if console is not None:
+            os.close(console)
+        self.daemon, self.control = pid, ours
+        self._await_ready(log)
+        self._overlay()
+
+    def _await_ready(self, log: Path) -> None:
+        assert self.control is not None
+        ready, _, _ = select.select([self.control], [], [], START_TIMEOUT)
+        message = receive(self.control)[0] if ready else None
+        if message == {"ready": True}:
+            return
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        raise RunError(lines[-1].removeprefix("khofs: ") if lines
+                       else "the machine's daemon did not start")
+
+    def _overlay(self) -> None:
+        """/sys/kernel as the machine shows it: the emulated kexec files over the host's
+        /sys/kernel (read-only overlayfs), the emulated debugfs at its debug/ (an overlay
+        shows no submounts of its layers)."""
+        target = self.places.sys_kernel
+        lower = f"{self.places.machine}/sys/kernel:/sys/kernel"
+        try:
+            ns.mount("overlay", target, "overlay", ns.MS_RDONLY, f"lowerdir={lower}")
+            ns.mount(self.places.debug, f"{target}/debug", None, ns.MS_BIND)
+        except OSError as e:
+            raise RunError(f"run: cannot lay the machine's /sys/kernel over the host's: "
+                           f"{e.strerror}") from None
+
+    def _request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        """A command to the daemon, and its answer; "ending" messages meanwhile are kept."""
+        assert self.control is not None
+        send(self.control, message, fds)
+        while True:
+            reply, _ = receive(self.control)
+            if reply is None:
+                raise RunError("the machine's daemon stopped")
+            if "ending" in reply:
+                self.ending = reply["ending"]
+                continue
+            return
+
+    # --- boots ------------------------------------------------------------------------------
+
+    def boot(self) -> tuple[str | None, int]:
+        """One boot: (how the machine went down, or None when COMMAND exited; its status)."""
+        self.ending = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        a = start_boot(self.plan, theirs)
+        theirs.close()
+        a_fd = os.pidfd_open(a)
+        try:
+            if self._start_init(ours):
+                self._watch(a_fd)
+        finally:
+            ours.close()
+            os.close(a_fd)
+        _, status = os.waitpid(a, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+        return self.ending, code if code >= 0 else 128 - code
+
+    def _start_init(self, sock: socket.socket) -> bool:
+        """B's pid (from A), its notify fd to the daemon, then its go-ahead. False when the
+        boot failed before COMMAND started (A reports why and exits)."""
+        first = sock.recv(256)
+        if not first:
+            return False
+        init = int(json.loads(first)["init"])
+        self.init_pidfd = os.pidfd_open(init)
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        if not fds:
+            return False
+        try:
+            self._request({"op": "boot", "init": init}, (fds[0],))
+        finally:
+            os.close(fds[0])
+        sock.send(b"go")
+        return True
+
+    def _watch(self, a_fd: int) -> None:
+        """Until A exits; a reboot kills the boot's init, and so every process of the boot."""
+        assert self.control is not None
+        while True:
+            ready, _, _ = select.select([self.control.fileno(), a_fd], [], [])
+            if self.control.fileno() in ready:
+                message, _ = receive(self.control)
+                if message is None:
+                    raise RunError("the machine's daemon stopped")
+                if "ending" in message:
+                    self.ending = message["ending"]
+                    self.kill_boot()
+            if a_fd in ready:
+                return
+
+    def kill_boot(self) -> None:
+        if self.init_pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+
+    def run(self) -> int:
+        for number in range(1, self.boots + 1):
+            ending, status = self.boot()
+            if ending is None:
+                return status
+            if ending in ("halt", "power-off"):
+                return 0
+            if number == self.boots:
+                print(f"khofs: run: the machine rebooted ({ending}); boot {number + 1} would "
+                      f"start, past --boots {self.boots}: stopping", file=sys.stderr)
+                return 0
+            self._request({"op": "next"})
+        return 0
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        self.kill_boot()
+        if self.control is not None:
+            self.control.close()
+        if self.daemon is not None:
+            _stop(self.daemon)
+        for target in (f"{self.places.sys_kernel}/debug", self.places.sys_kernel,
+                       str(self.tmp / "fuse")):
+            with contextlib.suppress(OSError):
+                ns.umount(target, ns.MNT_DETACH)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM: libfuse unmounts and the daemon exits; SIGKILL if it will not."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
         time.sleep(0.01)
-    return proc
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
-def _kexec_on_path(tmp: Path) -> str:
-    """A `kexec` for COMMAND: first on PATH, and at /usr/sbin/kexec (so /sbin/kexec on a
-    merged-/usr system) through an overlay of /usr/sbin when the kernel allows one here."""
-    bindir = tmp / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "kexec"
-    wrapper.write_text(KEXEC_WRAPPER.format(python=sys.executable))
-    wrapper.chmod(0o755)
-    upper, work = tmp / "upper", tmp / "work"
-    upper.mkdir()
-    work.mkdir()
-    shutil.copy2(wrapper, upper / "kexec")
-    with contextlib.suppress(OSError):  # PATH alone then; said in the README
-        namespace.mount("overlay", SBIN, "overlay", 0,
-                        f"lowerdir={SBIN},upperdir={upper},workdir={work}")
-    return str(bindir)
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signum)
 
 
-def run(options: Sequence[str], command: Sequence[str]) -> int:
-    """COMMAND's exit status (128 + signal when it was killed)."""
+def check_inputs(command: Sequence[str], boots: int, root: str | None) -> None:
+    """What must hold before anything starts (the --initrd archive is read by its caller)."""
+    if boots < 1:
+        raise InputError(f"--boots {boots}: not a positive integer")
+    if root is not None and not os.path.isdir(root):
+        raise InputError(f"--root {root}: not a directory")
     if not command:
-        raise RunError("run: no COMMAND given (khofs run [options] -- COMMAND)")
+        raise InputError("run: no COMMAND given (khofs run [options] -- COMMAND, or "
+                         "--initrd/--root for /init)")
+    problem = seccomp_available()
+    if problem:
+        raise RunError(f"run: {problem}")
+
+
+def run(system: System, command: Sequence[str], *, boots: int = 1, console: bool = False,
+        initrd: list[Entry] | None = None, root: str | None = None,
+        debug: bool = False) -> int:
+    """COMMAND's exit status (128 + signal when it was killed), or 0."""
+    if not command and (initrd is not None or root is not None):
+        command = [DEFAULT_INIT]
+    check_inputs(command, boots, root)
     try:
-        namespace.enter_private_namespace()
+        ns.enter_private_namespace()
     except OSError as e:
         raise RunError(f"run: cannot make a private mount namespace: {e.strerror}") from None
-    tmp = Path(tempfile.mkdtemp(prefix="khofs-run-"))
-    mnt = str(tmp / "debugfs")
-    os.mkdir(mnt)
-    daemon = None
-    # The daemon's pid file and control socket stay in our own directory: inside a user
-    # namespace we are uid 0, and the real root's runtime directory is not ours.
-    (tmp / "run").mkdir(mode=0o700)
-    env = dict(os.environ, KHOFS_MOUNT=mnt, XDG_RUNTIME_DIR=str(tmp / "run"))
+    runner = Runner(system, command, boots, console, initrd, root, debug)
+    old = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        daemon = _start_daemon(mnt, options, tmp / "daemon.log", env)
-        namespace.mount(mnt, DEBUGFS, None, namespace.MS_BIND)
-        env["PATH"] = _kexec_on_path(tmp) + os.pathsep + env.get("PATH", os.defpath)
-        try:
-            status = subprocess.call(list(command), env=env)
-        except OSError as e:
-            print(f"khofs: run: {command[0]}: {e.strerror}", file=sys.stderr)
-            status = 127 if isinstance(e, FileNotFoundError) else 126
-        return status if status >= 0 else 128 - status
+        runner.start_daemon()
+        return runner.run()
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Stop as e:
+        return 128 + e.signum
     finally:
-        _cleanup(daemon, mnt, tmp)
-
-
-def _cleanup(daemon: subprocess.Popen[bytes] | None, mnt: str, tmp: Path) -> None:
-    for target in (SBIN, DEBUGFS):
-        if mountinfo.is_mounted(target):
-            with contextlib.suppress(OSError):
-                namespace.umount(target, namespace.MNT_DETACH)
-    if daemon is not None and daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)  # libfuse unmounts and the daemon exits
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-    if mountinfo.is_mounted(mnt):
-        namespace.umount(mnt, namespace.MNT_DETACH)
-    shutil.rmtree(tmp, ignore_errors=True)
+        runner.cleanup()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
