@@ -10,7 +10,7 @@ SYSPY := /usr/bin/python3
 APT_PKGS := fuse libfuse2 libfuse3-3 device-tree-compiler python3 python3-venv python3-libfdt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system fuse3-dev test lint unit unit-fuse3 demo bench stress clean
+.PHONY: setup system kexec-tools fuse3-dev test lint unit unit-fuse3 demo bench stress clean
 
 setup: system $(STAMP)
 
@@ -27,6 +27,27 @@ system:
 	  echo "make: installing system packages: $(APT_PKGS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory kexec-tools
+
+# `khofs run` serves the system's own kexec (kexec-tools) and builds its seccomp filter with
+# python3-seccomp. Installed non-interactively, kexec-tools answers its debconf question
+# load_kexec with true (/etc/default/kexec: LOAD_KEXEC=true), and every later reboot of this
+# machine would become a kexec: answer false first, unless the machine already has an answer
+# (a configuration file, or the question in debconf's database), which stays as it is.
+KEXEC_PKGS := kexec-tools python3-seccomp
+kexec-tools:
+	@missing=0; \
+	[ -x /usr/sbin/kexec ] || missing=1; \
+	$(SYSPY) -c 'import seccomp' 2>/dev/null || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "make: installing system packages: $(KEXEC_PKGS)"; \
+	  if [ ! -e /etc/default/kexec ] && \
+	     ! echo 'GET kexec-tools/load_kexec' | $(SUDO) debconf-communicate >/dev/null 2>&1; then \
+	    echo 'kexec-tools kexec-tools/load_kexec boolean false' | $(SUDO) debconf-set-selections; \
+	  fi; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(KEXEC_PKGS) >/dev/null; \
 	fi
 
 # The benchmark's C filesystem (scripts/bench/cfs.c) builds against libfuse3. Only its library
@@ -54,7 +75,7 @@ unit: setup
 	$(VENV)/bin/pytest -q
 
 # The mount tests again on the other backend: mfusepy over libfuse3.
-FUSE3_TESTS := tests/test_mount_*.py tests/test_cli.py tests/test_control.py tests/test_run.py
+FUSE3_TESTS := tests/test_mount_*.py tests/test_cli.py tests/test_control.py tests/test_run*.py
 unit-fuse3: setup
 	KHOFS_FUSE=3 $(VENV)/bin/pytest -q $(FUSE3_TESTS)
 

@@ -25,11 +25,29 @@ run dtc -I dtb -O dts kho/out/fdt
 run dtc -I dtb -O dts kho/out/sub_fdts/demo
 run "echo 0 > kho/out/finalize"
 run ls kho/out kho/out/sub_fdts
-run "echo 1 > kho/out/finalize"
-run khofs kexec "$mnt"
-run ls -l kho/in kho/in/sub_fdts
-run dtc -I dtb -O dts kho/in/sub_fdts/demo
-run "khofs log $mnt | grep -E 'KHO|kexec'"
 cd /
 run khofs umount "$mnt"
+
+# The kexec, with the system's kexec, runs inside `khofs run`: there the machine it loads and
+# reboots is the emulated one (never run the real `kexec -e` outside it).
+image=/boot/vmlinuz-$(uname -r)
+if [ ! -r "$image" ]; then
+  # no kernel of ours to read: a bzImage header that passes the probes will do (it never runs)
+  image=$mnt.bzImage
+  python3 - "$image" <<'PY'
+import struct, sys
+buf = bytearray(8192)
+buf[0x1F1] = 1
+struct.pack_into("<H", buf, 0x1FE, 0xAA55)
+buf[0x200:0x206] = b"\xeb\x66HdrS"
+struct.pack_into("<H", buf, 0x206, 0x020F)
+buf[0x211] = 1
+struct.pack_into("<IBxHI", buf, 0x230, 2 << 20, 1, 3, 2047)
+struct.pack_into("<I", buf, 0x260, 16 << 20)
+open(sys.argv[1], "wb").write(buf)
+PY
+fi
+run khofs run --boots 2 --producers "$here/examples/demo/producers.toml" -- \
+  sh "$here/examples/demo/kexec-demo.sh" "$image"
+rm -f "$mnt.bzImage"
 printf '\nDone: nothing is left mounted.\n'

@@ -5,15 +5,104 @@ calls made of plain data.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
+import os
+import shutil
 import stat
 import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from khofs.engine.uaccess import CAP_SYS_ADMIN, CAP_SYS_BOOT
 
 MiB = 1 << 20
+KHOFS = [sys.executable, "-m", "khofs"]
+# The other user of the tests. It runs the khofs of this checkout with this checkout's
+# interpreter: the checkout and its .venv must be readable by it.
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+@dataclass
+class Scratch:
+    """A world-readable directory for a run's files, and the TMPDIR its runner uses (so
+    that a test can see the runner left nothing behind)."""
+
+    path: Path
+
+    @property
+    def tmpdir(self) -> Path:
+        return self.path / "tmp"
+
+    def file(self, name: str, data: bytes | str, mode: int = 0o644) -> Path:
+        path = self.path / name
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        path.chmod(mode)
+        return path
+
+    def dir(self, name: str) -> Path:
+        path = self.path / name
+        path.mkdir(mode=0o777)
+        path.chmod(0o777)
+        return path
+
+    def nothing_left(self) -> None:
+        """The runner's directory is gone, and no process of the run (they all start in
+        this directory) is left."""
+        assert list(self.tmpdir.iterdir()) == []
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(self.path)):
+                    left.append(pid)
+        assert left == []
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Scratch]:
+    path = Path(tempfile.mkdtemp(prefix="khofs-machine-test-"))
+    path.chmod(0o755)
+    made = Scratch(path)
+    made.dir("tmp").chmod(0o1777)
+    try:
+        yield made
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def khofs_run(*args: str, sc: Scratch, user: list[str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`khofs run ARGS` as root, or as the user `user` prefixes, its TMPDIR in sc."""
+    env = dict(os.environ, HOME="/tmp", TMPDIR=str(sc.tmpdir))
+    return subprocess.run([*(user or []), *KHOFS, "run", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False, env=env, cwd=sc.path)
+
+
+@contextlib.contextmanager
+def fuse_for_everyone() -> Iterator[None]:
+    """Debian's udev makes /dev/fuse 0666; this machine's is 0600: open it for a test the
+    way udev would, and put it back."""
+    mode = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", mode)
+
+
+def build(source: str, out: Path, *, static: bool = False) -> Path:
+    """A program of tests/programs built with the system's compiler."""
+    cmd = ["cc", "-O", "-Wall", "-Werror", *(["-static"] if static else []), "-o", str(out),
+           str(PROGRAMS / source)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    out.chmod(0o755)
+    return out
 
 
 def bzimage(*, size: int = 8192, setup_sects: int = 1, version: int = 0x020F,

@@ -1,182 +1,237 @@
-"""`khofs run`: tools that hard-code /sys/kernel/debug and call kexec, run unmodified."""
+"""`khofs run`: COMMAND as the userspace of an emulated machine, PID 1 of namespaces of its
+own, seeing the machine's files; its boots, its end, and bad input."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import signal
-import struct
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.machine_helpers import (
+    KHOFS,
+    NOBODY,
+    Scratch,
+    build,
+    bzimage,
+    fuse_for_everyone,
+    khofs_run,
+    newc,
+    scratch,
+)
+
+pytestmark = pytest.mark.mount
+
 EXAMPLES = Path(__file__).parent.parent / "examples" / "scripts"
-KHOFS = [sys.executable, "-m", "khofs"]
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 DTS = '/dts-v1/;\n/ {\n\tcompatible = "mydrv-v1";\n\tstate = <42>;\n};\n'
 
 
 @pytest.fixture
-def world() -> Iterator[Path]:
-    """A directory everyone may read (the ordinary-user runs need it): an x86 bzImage
-    header (HdrS, init_size 40 MiB) and a producers file."""
-    d = Path(tempfile.mkdtemp(prefix="khofs-run-test-"))
-    os.chmod(d, 0o755)
-    image = bytearray(64 * 1024)
-    image[0x202:0x206] = b"HdrS"
-    struct.pack_into("<I", image, 0x260, 40 << 20)
-    (d / "bzImage").write_bytes(bytes(image))
-    (d / "mydrv.dts").write_text(DTS)
-    (d / "producers.toml").write_text('[[producer]]\nname = "mydrv"\ndts = "mydrv.dts"\n'
-                                      'preserve = ["0x100000000+2M"]\n')
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def sc() -> Iterator[Scratch]:
+    with scratch() as made:
+        yield made
 
 
-def run(*args: str, user: list[str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(user or []), *KHOFS, "run", *args], capture_output=True, text=True,
-                          timeout=120, check=False, cwd=cwd, env=dict(os.environ, HOME="/tmp"))
+@pytest.fixture(params=["root", "nobody"])
+def user(request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
+    """As root, and as an ordinary user (a user namespace with FUSE in it)."""
+    if request.param == "root":
+        yield None
+        return
+    with fuse_for_everyone():
+        yield NOBODY
 
 
-def nothing_left() -> None:
-    """No mount and no daemon of any `khofs run` (their mount points are khofs-run-*)."""
-    with open("/proc/mounts") as f:
-        assert not [ln for ln in f if "khofs-run-" in ln]
-    found = subprocess.run(["pgrep", "-f", "khofs mount .*khofs-run-"], capture_output=True,
-                           text=True, check=False).stdout.split()
-    assert found == [], found
+MACHINE = """cat <<END
+pid=$$
+hostname: $(hostname)
+init: $(ps -o comm= -p 1)
+processes: $(ps -e -o pid= | wc -l)
+links: $(ip -o link | cut -d' ' -f2 | tr '\\n' ' ')
+cmdline: $(cat /proc/cmdline)
+kexec: $(cd /sys/kernel && cat kexec_loaded kexec_crash_loaded kexec_crash_size | paste -sd' ')
+memmap: $(ls /sys/firmware/memmap | tr '\\n' ' ')
+memmap/2: $(cd /sys/firmware/memmap/2 && cat start end type | paste -sd' ')
+debugfs: $(ls /sys/kernel/debug/kho/out | tr '\\n' ' ')
+END
+"""
 
 
-# As with kexec-tools, the next kernel gets an empty command line (so KHO off) unless the
-# current one is reused or a line is given.
-FLOW = ("echo 1 > /sys/kernel/debug/kho/out/finalize && kexec -s -l {image} --reuse-cmdline && "
-        "kexec -e && "
-        "cat /sys/kernel/debug/kho/in/sub_fdts/mydrv > {out}/in.dtb && "
-        "ls /sys/kernel/debug/kho/in /sys/kernel/debug/kho/in/sub_fdts && "
-        "cat /sys/kernel/debug/kho/out/finalize")
+def test_command_is_pid_1_of_a_machine_of_its_own(sc: Scratch, user: list[str] | None) -> None:
+    r = khofs_run("--cmdline", "kho=on crashkernel=256M", "--", "sh", "-c", MACHINE,
+                  sc=sc, user=user)
+    assert (r.returncode, r.stderr) == (0, "")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "pid=1"
+    assert lines[1] == "hostname: (none)"
+    assert lines[2] == "init: sh"
+    assert int(lines[3].split()[1]) < 10  # the run's only: sh and this line's pipeline
+    assert lines[4:] == [
+        "links: lo: ",
+        "cmdline: kho=on crashkernel=256M",
+        "kexec: 0 0 268435456",
+        "memmap: 0 1 2 3 ",
+        "memmap/2: 0x100000 0x7fffffff System RAM",
+        "debugfs: finalize scratch_len scratch_phys sub_fdts ",
+    ]
+    sc.nothing_left()
 
 
-def check_flow(world: Path, user: list[str] | None) -> None:
-    out = world / "out"
-    out.mkdir(mode=0o777)
-    os.chmod(out, 0o777)
-    r = run("--producers", str(world / "producers.toml"), "--", "sh", "-c",
-            FLOW.format(image=world / "bzImage", out=out), user=user)
+def test_proc_cmdline_as_the_kernel_shows_it(sc: Scratch) -> None:
+    r = khofs_run("--cmdline", "kho=on console=ttyS0", "--", "sh", "-c",
+                  "cat /proc/cmdline; stat -c '%s %a' /proc/cmdline", sc=sc)
+    assert (r.returncode, r.stdout) == (0, "kho=on console=ttyS0\n21 444\n")
+
+
+def test_dmesg_prints_the_emulated_log(sc: Scratch) -> None:
+    r = khofs_run("--cmdline", "kho=on crashkernel=64M", "--", "sh", "-c",
+                  "dmesg; echo '<3>from userspace' > /dev/kmsg; dmesg -x | tail -1; "
+                  "setpriv --reuid=65534 dmesg; echo nobody=$?", sc=sc)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "/sys/kernel/debug/kho/in:\nfdt\nsub_fdts\n\n" \
-                       "/sys/kernel/debug/kho/in/sub_fdts:\nmydrv\n0\n"
-    dtc = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(out / "in.dtb")],
-                         capture_output=True, text=True, check=True)
-    assert 'compatible = "mydrv-v1";' in dtc.stdout and "state = <0x2a>;" in dtc.stdout
-    nothing_left()
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"\[ +\d+\.\d{6}\] Kernel command line: kho=on crashkernel=64M",
+                        lines[0])
+    assert re.fullmatch(r"\[ +\d+\.\d{6}\] crashkernel reserved: 0x[0-9a-f]{16} - "
+                        r"0x[0-9a-f]{16} \(64 MB\)", lines[1])
+    assert re.fullmatch(r"user  :err   : \[ +\d+\.\d{6}\] from userspace", lines[2])
+    # Debian's dmesg_restrict: reading the log wants CAP_SYSLOG
+    assert lines[3] == "nobody=1"
+    assert "dmesg: read kernel buffer failed: Operation not permitted" in r.stderr
 
 
-def test_flow_as_root(world: Path) -> None:
-    check_flow(world, None)
+def test_iomem_shows_addresses_only_to_cap_sys_admin(sc: Scratch) -> None:
+    r = khofs_run("--cmdline", "kho=on crashkernel=256M", "--", "sh", "-c",
+                  "grep -E 'Crash|^00100000' /proc/iomem; "
+                  "setpriv --reuid=65534 grep -E 'Crash|^00000000' /proc/iomem | head -2", sc=sc)
+    assert r.stdout == ("00100000-7fffffff : System RAM\n  6c000000-7bffffff : Crash kernel\n"
+                        "00000000-00000000 : Reserved\n00000000-00000000 : System RAM\n")
 
 
-def test_without_reuse_cmdline_the_next_kernel_has_kho_off(world: Path) -> None:
-    r = run("--", "sh", "-c", f"echo 1 > /sys/kernel/debug/kho/out/finalize && "
-            f"kexec -s -l {world / 'bzImage'} && kexec -e && ls /sys/kernel/debug")
-    assert (r.returncode, r.stdout) == (0, "")
-
-
-def test_flow_as_an_ordinary_user(world: Path) -> None:
-    """A user namespace with FUSE inside it. Debian's udev makes /dev/fuse 0666; this
-    machine's is 0600, so open it for the test the way udev would."""
-    mode = os.stat("/dev/fuse").st_mode & 0o777
-    os.chmod("/dev/fuse", 0o666)
-    try:
-        check_flow(world, NOBODY)
-    finally:
-        os.chmod("/dev/fuse", mode)
-
-
-def test_exit_status_passes_through(world: Path) -> None:
-    assert run("--", "sh", "-c", "exit 7").returncode == 7
-    r = run("--", "sh", "-c", "kill -9 $$")
-    assert r.returncode == 128 + signal.SIGKILL
-    nothing_left()
-    r = run("--", str(world / "no-such-command"))
-    assert r.returncode == 127 and "No such file or directory" in r.stderr
-
-
-def test_start_up_errors_are_one_line_exit_2() -> None:
-    r = run("--machine", "mainframe", "--", "true")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "mainframe" in r.stderr
-    r = run()
-    assert r.returncode == 2 and "no COMMAND given" in r.stderr
-    nothing_left()
-
-
-def test_killing_khofs_run_leaves_no_daemon(world: Path) -> None:
-    proc = subprocess.Popen([*KHOFS, "run", "--", "sleep", "60"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not subprocess.run(
-                ["pgrep", "-f", "khofs mount .*khofs-run-"], capture_output=True,
-                check=False).stdout:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and subprocess.run(
-                ["pgrep", "-f", "khofs mount .*khofs-run-"], capture_output=True,
-                check=False).stdout:
-            time.sleep(0.05)
-    finally:
-        subprocess.run(["pkill", "-f", "sleep 60"], check=False)
-    nothing_left()
-
-
-def test_kexec_tools_messages_and_statuses(world: Path) -> None:
-    script = ("kexec -e; echo e=$?; kexec -p {img}; echo p=$?; kexec -s -l; echo none=$?; "
-              "kexec -s -l {big}; echo big=$?; kexec --bogus; echo bogus=$?; "
-              "ls -l /usr/sbin/kexec /sbin/kexec >/dev/null && echo sbin=ok")
-    big = world / "huge.img"
-    with big.open("wb") as f:
-        f.truncate(4 << 30)  # sparse: bigger than any scratch area
-    r = run("--", "sh", "-c", script.format(img=world / "bzImage", big=big))
+def test_console_copies_the_kernel_log_to_stderr(sc: Scratch) -> None:
+    r = khofs_run("--console", "--", "true", sc=sc)
     assert r.returncode == 0
-    assert r.stdout == "e=1\np=1\nnone=255\nbig=255\nbogus=1\nsbin=ok\n"
-    for line in ("Nothing has been loaded!\n", "Memory for crashkernel is not reserved\n",
-                 "No kernel specified\n",
-                 "kexec_file_load failed: Cannot assign requested address\n",
-                 "kexec: unrecognized option '--bogus'\n"):
-        assert line in r.stderr
+    assert re.fullmatch(r"\[ +\d+\.\d{6}\] Kernel command line: kho=on\n", r.stderr)
+    quiet = khofs_run("--console", "--cmdline", "kho=on quiet", "--", "true", sc=sc)
+    assert (quiet.returncode, quiet.stderr) == (0, "")  # notice is above the quiet level
 
 
-def test_admin_guide_script_unmodified(world: Path) -> None:
-    r = run("--producers", str(world / "producers.toml"), "--", "sh",
-            str(EXAMPLES / "kho-admin-guide.sh"), str(world / "bzImage"))
+def test_exit_status_is_commands(sc: Scratch) -> None:
+    assert khofs_run("--", "sh", "-c", "exit 7", sc=sc).returncode == 7
+    # PID 1 does not die of a signal sent from inside its namespace (no handler)
+    assert khofs_run("--", "sh", "-c", "kill -9 $$; echo alive", sc=sc).stdout == "alive\n"
+    r = khofs_run("--", str(sc.path / "no-such-command"), sc=sc)
+    assert r.returncode == 127
+    assert r.stderr == f"khofs: run: {sc.path / 'no-such-command'}: No such file or directory\n"
+    r = khofs_run("--", str(sc.file("not-executable", "#!/bin/sh\n")), sc=sc)
+    assert r.returncode == 126 and "Permission denied" in r.stderr
+    sc.nothing_left()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--boots", "0", "--", "true"], "argument --boots: invalid value '0': a positive integer"),
+    (["--boots", "-1", "--", "true"], "argument --boots: invalid value '-1': a positive integer"),
+    (["--boots", "two", "--", "true"], "argument --boots: invalid value 'two': a positive "
+     "integer"),
+    (["--root", "/etc/hostname"], "--root /etc/hostname: not a directory"),
+    (["--initrd", "/nonexistent.cpio"], "--initrd /nonexistent.cpio: No such file or directory"),
+    (["--initrd", "/etc/hostname"], "--initrd /etc/hostname: not a newc cpio archive "
+     "(gzip-compressed or not): no newc header at byte 0"),
+    (["--initrd", "x.cpio", "--root", "/"], "argument --root: not allowed with argument "
+     "--initrd"),
+    ([], "run: no COMMAND given (khofs run [options] -- COMMAND, or --initrd/--root for /init)"),
+    (["--machine", "mainframe", "--", "true"], "mainframe"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_starts(sc: Scratch, args: list[str],
+                                                         message: str) -> None:
+    r = khofs_run(*args, sc=sc)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert r.stdout == ""
+    sc.nothing_left()
+
+
+def test_a_truncated_initrd_is_bad_input(sc: Scratch) -> None:
+    archive = newc([("init", 0o100755, b"#!/bin/sh\n" * 100)])
+    path = sc.file("cut.cpio", archive[:300])
+    r = khofs_run("--initrd", str(path), sc=sc)
+    assert r.returncode == 2
+    assert r.stderr == (f"khofs: --initrd {path}: not a newc cpio archive (gzip-compressed "
+                        "or not): init: the archive ends inside it\n")
+
+
+def test_killing_khofs_run_leaves_nothing(sc: Scratch) -> None:
+    env = dict(os.environ, TMPDIR=str(sc.tmpdir))
+    proc = subprocess.Popen([*KHOFS, "run", "--", "sh", "-c", "echo up; sleep 60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            cwd=sc.path)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sc.nothing_left()
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_sigterm_to_khofs_run_ends_the_run(sc: Scratch) -> None:
+    env = dict(os.environ, TMPDIR=str(sc.tmpdir))
+    proc = subprocess.Popen([*KHOFS, "run", "--", "sh", "-c", "echo up; sleep 60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=sc.path)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM
+    sc.nothing_left()
+
+
+def test_mounts_inside_the_run_are_the_machines(sc: Scratch, user: list[str] | None) -> None:
+    dbg = sc.dir("dbg")
+    script = (f"mount -t debugfs none {dbg} && ls {dbg} && umount {dbg} && ls {dbg} && "
+              "umount /proc && mount -t proc proc /proc && cat /proc/cmdline && "
+              "umount /sys && mount -t sysfs sysfs /sys && cat /sys/kernel/kexec_loaded && "
+              "ls /sys/kernel/debug && ls /sys/firmware/memmap | wc -l && "
+              f"mount -t tmpfs tmpfs {dbg} && touch {dbg}/x && umount {dbg} && ls {dbg}")
+    r = khofs_run("--", "sh", "-c", script, sc=sc, user=user)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == "kho\nkho=on\n0\nkho\n4\n"
+    assert list(dbg.iterdir()) == []
+
+
+def test_examples_run_unmodified_across_two_boots(sc: Scratch) -> None:
+    image = sc.file("bzImage", bzimage())
+    sc.file("mydrv.dts", DTS)
+    producers = sc.file("producers.toml", '[[producer]]\nname = "mydrv"\ndts = "mydrv.dts"\n'
+                        'preserve = ["0x100000000+2M"]\n')
+    r = khofs_run("--boots", "2", "--producers", str(producers), "--", "sh",
+                  str(EXAMPLES / "kho-admin-guide.sh"), str(image), sc=sc)
     assert r.returncode == 0, r.stderr
     assert "finalized: 1\n" in r.stdout and "next kernel:\n" in r.stdout
     assert "sub-tree mydrv:\n" in r.stdout and 'compatible = "mydrv-v1";' in r.stdout
     assert r.stdout.count('compatible = "kho-v1";') == 2  # out/fdt, then in/fdt
-
-
-def test_luo_triage_script_unmodified(world: Path) -> None:
-    out = world / "triage"
-    r = run("--producers", str(world / "producers.toml"), "--", "sh",
-            str(EXAMPLES / "luo-triage.sh"), str(world / "bzImage"), str(out))
+    out = sc.dir("triage")
+    r = khofs_run("--boots", "2", "--producers", str(producers), "--", "sh",
+                  str(EXAMPLES / "luo-triage.sh"), str(image), str(out), sc=sc)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "handover intact: mydrv \n"
     assert (out / "before/fdt").read_bytes() == (out / "after/fdt").read_bytes()
-    assert (out / "after/sub_fdts/mydrv").read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
 
 
-def test_kexec_unload_forgets_the_image(world: Path) -> None:
-    r = run("--", "sh", "-c", f"kexec -s -l {world / 'bzImage'} --reuse-cmdline && kexec -u && "
-            "kexec -e; echo e=$?")
-    assert (r.returncode, r.stdout) == (0, "e=1\n")
-    assert r.stderr == "Nothing has been loaded!\n"
+def test_the_reboot_past_the_last_boot_ends_the_run(sc: Scratch) -> None:
+    raw = build("raw_calls.c", sc.path / "raw_calls")
+    r = khofs_run("--boots", "2", "--", "sh", "-c",
+                  f"cat /sys/kernel/debug/kho/out/scratch_len >/dev/null; "
+                  f"exec {raw} guard reboot 0x1234567", sc=sc)
+    assert r.returncode == 0
+    assert r.stdout == "guard -> 0\nguard -> 0\n"
+    assert r.stderr == ("khofs: run: the machine rebooted (restart); boot 3 would start, past "
+                        "--boots 2: stopping\n")

@@ -118,7 +118,7 @@ def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
         raise ProducersFileError(f"{where}: needs exactly one of 'dts' or 'dtb'")
     kind = kinds[0]
     rel = entry[kind]
-    if not isinstance(rel, str):
+    if not isinstance(rel, str) or not rel:  # "" would name the producers file's directory
         raise ProducersFileError(f"{where}: '{kind}' must be a file name")
     file = path.parent / rel
     try:

@@ -101,6 +101,12 @@ def _init(plan: BootPlan, sock: socket.socket) -> NoReturn:
 
 
 def _host_mounts(places: Places) -> None:
+    # The host's proc and sysfs go first where they can (as root): unmounting the run's would
+    # otherwise show them again. In a user namespace they are locked in place, and mounting
+    # a proc or sysfs there even needs them (mount_too_revealing).
+    for path in ("/proc", "/sys"):
+        with contextlib.suppress(OSError):
+            ns.umount(path, ns.MNT_DETACH)
     ns.mount("proc", "/proc", "proc", MOUNT_FLAGS)
     for name in PROC_FILES:  # a host built without one has nothing there to reach
         if os.path.exists(f"/proc/{name}"):

@@ -118,8 +118,9 @@ Bind = Callable[[str, str], None]  # (host source, path to bind it on)
 
 
 def unpack(entries: list[Entry], root: str, bind: Bind, console: str, kmsg: str) -> None:
-    """Make the members under root, as do_name/do_copy/do_symlink would; directories get
-    their times last (dir_utime), once nothing more is made in them."""
+    """Make the members under root, as do_name/do_copy/do_symlink would (a member whose
+    directory does not exist is skipped); directories get their times last (dir_utime),
+    once nothing more is made in them."""
     dirs = []
     for entry in entries:
         path = _inside(root, entry.name)
@@ -128,8 +129,8 @@ def unpack(entries: list[Entry], root: str, bind: Bind, console: str, kmsg: str)
         kind = stat.S_IFMT(entry.mode)
         try:
             _make(path, entry, kind)
-        except FileExistsError:
-            continue
+        except (FileExistsError, FileNotFoundError):
+            continue  # as the kernel: a name that is there, or whose directory is not
         _attributes(path, entry, kind)
         if kind == stat.S_IFDIR:
             dirs.append((path, entry.mtime))
@@ -143,7 +144,7 @@ def unpack(entries: list[Entry], root: str, bind: Bind, console: str, kmsg: str)
 
 def _make(path: str, entry: Entry, kind: int) -> None:
     if kind == stat.S_IFDIR:
-        os.makedirs(path, stat.S_IMODE(entry.mode))
+        os.mkdir(path, stat.S_IMODE(entry.mode))
     elif kind == stat.S_IFLNK:
         os.symlink(os.fsdecode(entry.data.rstrip(b"\0")), path)
     elif kind == stat.S_IFREG:

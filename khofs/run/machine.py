@@ -4,8 +4,9 @@ thread answers the seccomp notifications of each boot (khofs.run.supervisor). Bo
 System, so a kexec_file_load is at once in /sys/kernel/kexec_loaded.
 
 It talks to the runner over a SEQPACKET socket, one JSON object a message:
-    runner -> daemon: {"op": "boot", "init": PID} with the boot's notify fd attached, and
-                      {"op": "next"} (boot the next kernel); each answered {"ok": true}
+    runner -> daemon: {"op": "boot", "init": PID} with the boot's notify fd attached,
+                      {"op": "next"} (boot the next kernel), {"op": "overlay"} with the
+                      /sys/kernel overlay's root attached; each answered {"ok": true}
     daemon -> runner: {"ready": true} once mounted, {"ending": "kexec"|"restart"|"halt"|
                       "power-off"} when the machine goes down
 Its first act is to fork the mount helper's forker, before any thread exists.
@@ -68,8 +69,9 @@ class Console:
 
 class MachineDaemon:
     def __init__(self, system: System, control: socket.socket, forker: socket.socket,
-                 console: Console) -> None:
+                 console: Console, rundir: mounts.RunDir) -> None:
         self.system = system
+        self.rundir = rundir
         self.control = control
         self.console = console
         self.send_lock = threading.Lock()
@@ -105,13 +107,14 @@ class MachineDaemon:
     # --- the control thread: the runner's messages and the boot's notifications ------------
 
     def control_loop(self) -> None:
+        """Until the runner closes the socket (it then stops us, or its death does)."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             while self._step():
                 pass
         except Exception:  # noqa: BLE001 - say why, then stop the daemon
             log.exception("khofs run: the machine's supervisor failed")
-        os.kill(os.getpid(), signal.SIGTERM)  # libfuse unmounts and serve() returns
+            os.kill(os.getpid(), signal.SIGTERM)  # libfuse unmounts and serve() returns
 
     def _step(self) -> bool:
         boot = self.supervisor.boot
@@ -139,6 +142,8 @@ class MachineDaemon:
             if old is not None:
                 os.close(old.fd)
             self.supervisor.start_boot(fds[0], int(message["init"]))
+        elif message["op"] == "overlay":
+            self.rundir.overlay = fds[0]
         elif message["op"] == "next":
             self.system.boot_next()
             self.files.refresh()
@@ -147,8 +152,11 @@ class MachineDaemon:
 
 
 def run_daemon(system: System, control: socket.socket, places: mounts.Places,
-               mountpoint: str, console_fd: int | None, debug: bool) -> None:
-    """The daemon process, forked by the runner: never returns."""
+               mountpoint: str, console_fd: int | None, debug: bool,
+               rundir: mounts.RunDir) -> None:
+    """The daemon process, forked by the runner: never returns. It takes the run's
+    directory away when it outlives a runner that was killed."""
+    runner = os.getppid()
     set_parent_death_signal(signal.SIGTERM)
     # libfuse takes SIGTERM (and SIGHUP) only where nothing else has: undo the runner's
     # handlers. Ctrl-C is the runner's to handle: it stops us once the boot is down.
@@ -163,7 +171,7 @@ def run_daemon(system: System, control: socket.socket, places: mounts.Places,
     child.close()
     status = 0
     try:
-        daemon = MachineDaemon(system, control, parent, Console(console_fd))
+        daemon = MachineDaemon(system, control, parent, Console(console_fd), rundir)
         threading.Thread(target=daemon.control_loop, name="khofs-supervisor",
                          daemon=True).start()
         from khofs.daemon.fuse_edge import serve
@@ -174,5 +182,8 @@ def run_daemon(system: System, control: socket.socket, places: mounts.Places,
     except BaseException as e:  # noqa: BLE001 - the runner reads the last line of our log
         print(f"{e}", file=sys.stderr)
         status = 1
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # libfuse is done: finish what follows
     sys.stderr.flush()
+    if os.getppid() != runner:  # the runner was killed: nobody else will clean up
+        rundir.remove()
     os._exit(status)

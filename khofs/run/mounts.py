@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -47,6 +48,25 @@ class Places:
 
 
 Work = Callable[[dict[str, int]], None]
+
+
+@dataclass
+class RunDir:
+    """The run's directory, with the FUSE tree at fuse/ and the /sys/kernel overlay at
+    sys_kernel/. `overlay` holds the overlay's root open: once the FUSE tree is gone, no
+    path through the overlay resolves (ENOTCONN), so it is unmounted through the handle."""
+
+    path: str
+    overlay: int | None = None
+
+    def remove(self) -> None:
+        targets = [os.path.join(self.path, "fuse")]
+        if self.overlay is not None:
+            targets.insert(0, f"/proc/self/fd/{self.overlay}")
+        for target in targets:
+            with contextlib.suppress(OSError):
+                ns.umount(target, ns.MNT_DETACH)
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _open_caller(pid: int) -> dict[str, int]:
@@ -194,10 +214,8 @@ def _devtmpfs(clones: dict[str, int], target: str) -> None:
 def _umount(target: str, flags: int) -> None:
     """What khofs stacked under target goes first, then the target as asked."""
     for name in (*PROC_FILES, "sys", "kernel/debug", "kernel", "firmware/memmap"):
-        path = os.path.join(target, name)
-        with contextlib.suppress(OSError):
-            if os.path.ismount(path):
-                ns.umount(path, ns.MNT_DETACH)
+        with contextlib.suppress(OSError):  # EINVAL: nothing mounted there
+            ns.umount(os.path.join(target, name), ns.MNT_DETACH)
     ns.umount(target, flags)
 
 

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -37,7 +36,7 @@ from khofs.run import namespace as ns
 from khofs.run.init import BootPlan, start_boot
 from khofs.run.initramfs import Entry
 from khofs.run.machine import receive, run_daemon, send
-from khofs.run.mounts import Places
+from khofs.run.mounts import Places, RunDir
 from khofs.run.seccomp import seccomp_available
 
 START_TIMEOUT = 30.0
@@ -86,6 +85,7 @@ class Runner:
         self.control: socket.socket | None = None
         self.init_pidfd: int | None = None
         self.ending: str | None = None  # how the machine went down in this boot
+        self.dir = RunDir(str(self.tmp))
 
     # --- the daemon -------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class Runner:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             run_daemon(self.system, theirs, self.places, str(self.tmp / "fuse"), console,
-                       self.debug)
+                       self.debug, self.dir)
         theirs.close()
         if console is not None:
             os.close(console)
@@ -133,9 +133,11 @@ class Runner:
         try:
             ns.mount("overlay", target, "overlay", ns.MS_RDONLY, f"lowerdir={lower}")
             ns.mount(self.places.debug, f"{target}/debug", None, ns.MS_BIND)
+            self.dir.overlay = os.open(target, os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
             raise RunError(f"run: cannot lay the machine's /sys/kernel over the host's: "
                            f"{e.strerror}") from None
+        self._request({"op": "overlay"}, (self.dir.overlay,))  # for the daemon's cleanup
 
     def _request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
         """A command to the daemon, and its answer; "ending" messages meanwhile are kept."""
@@ -173,20 +175,27 @@ class Runner:
         return self.ending, code if code >= 0 else 128 - code
 
     def _start_init(self, sock: socket.socket) -> bool:
-        """B's pid (from A), its notify fd to the daemon, then its go-ahead. False when the
-        boot failed before COMMAND started (A reports why and exits)."""
-        first = sock.recv(256)
-        if not first:
-            return False
-        init = int(json.loads(first)["init"])
+        """B's pid (A says it) and its notify fd (B sends it), in whichever order they come;
+        the fd to the daemon, then B's go-ahead. False when the boot failed before COMMAND
+        started (A reports why and exits)."""
+        init, notify = None, None
+        while init is None or notify is None:
+            data, fds, _, _ = socket.recv_fds(sock, 256, 1)
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                if notify is not None:
+                    os.close(notify)
+                return False
+            if fds:
+                notify = fds[0]
+            else:
+                init = int(json.loads(data)["init"])
         self.init_pidfd = os.pidfd_open(init)
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-        if not fds:
-            return False
         try:
-            self._request({"op": "boot", "init": init}, (fds[0],))
+            self._request({"op": "boot", "init": init}, (notify,))
         finally:
-            os.close(fds[0])
+            os.close(notify)
         sock.send(b"go")
         return True
 
@@ -232,11 +241,7 @@ class Runner:
             self.control.close()
         if self.daemon is not None:
             _stop(self.daemon)
-        for target in (f"{self.places.sys_kernel}/debug", self.places.sys_kernel,
-                       str(self.tmp / "fuse")):
-            with contextlib.suppress(OSError):
-                ns.umount(target, ns.MNT_DETACH)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.dir.remove()
 
 
 def _stop(pid: int) -> None:
