@@ -170,7 +170,7 @@ class FakeFile:
 class FakeUser:
     """A caller: its capabilities, pid namespace, memory (address -> bytes) and files."""
 
-    caps: set[int] = field(default_factory=lambda: {CAP_SYS_BOOT, CAP_SYS_ADMIN})
+    caps: set[int] = field(default_factory=lambda: {CAP_SYS_BOOT, CAP_SYS_ADMIN, 34})
     nested_pid_ns: bool = False
     memory: dict[int, bytes] = field(default_factory=dict)
     files: dict[int, FakeFile] = field(default_factory=dict)
@@ -189,6 +189,14 @@ class FakeUser:
             if base <= addr and addr + size <= base + len(data):
                 return data[addr - base:addr - base + size]
         return None
+
+    def copy_to_user(self, addr: int, data: bytes) -> bool:
+        for base, old in self.memory.items():
+            if base <= addr and addr + len(data) <= base + len(old):
+                at = addr - base
+                self.memory[base] = old[:at] + data + old[at + len(data):]
+                return True
+        return False
 
     def strncpy_from_user(self, addr: int, size: int) -> bytes | None:
         for base, data in self.memory.items():

@@ -109,3 +109,33 @@ def test_console_loglevel() -> None:
     assert console_loglevel("loglevel=3 debug") == 10
     assert on_console(Record("info", 0, "x"), 7) and not on_console(Record("debug", 0, "x"), 7)
     assert not on_console(Record("warn", 0, "x"), 4)
+
+
+# --- syslog(2) ------------------------------------------------------------------------------
+
+def test_syslog_reads_clears_and_sets_the_console_level() -> None:
+    from khofs.engine.syslog import WAIT, do_syslog
+    from tests.machine_helpers import FakeUser
+
+    system = boot_system(cmdline="kho=on")
+    log, line = system.kernel.log, system.kernel.params.cmdline
+    user = FakeUser()
+    user.put(0x1000, bytes(4096))
+    first = b"<5>[" + f"{log.records[0].seconds:12.6f}".encode() + b"] Kernel command line: kho=on\n"
+    assert do_syslog(log, line, user, 10, 0, 0) == 128 << 10
+    assert do_syslog(log, line, user, 3, 0x1000, 4096) == len(first)
+    assert user.memory[0x1000][:len(first)] == first
+    assert do_syslog(log, line, user, 3, 0x1000, 10) == 0  # nothing whole fits
+    assert do_syslog(log, line, user, 9, 0, 0) == len(first)
+    assert do_syslog(log, line, user, 2, 0x1000, 10) == 10  # READ takes a part
+    assert do_syslog(log, line, user, 9, 0, 0) == len(first) - 10
+    assert do_syslog(log, line, user, 2, 0x1000, 4096) == len(first) - 10
+    assert do_syslog(log, line, user, 2, 0x1000, 4096) is WAIT
+    assert do_syslog(log, line, user, 5, 0, 0) == 0
+    assert do_syslog(log, line, user, 3, 0x1000, 4096) == 0  # cleared
+    assert do_syslog(log, line, user, 8, 0, 9) == -22
+    assert do_syslog(log, line, user, 8, 0, 1) == 0 and log.console_level == 1
+    assert do_syslog(log, line, user, 7, 0, 0) == 0 and log.console_level is None
+    assert do_syslog(log, line, user, 3, 0xDEAD0000, 4096) == 0  # nothing to copy
+    assert do_syslog(log, line, user, 11, 0, 0) == -22
+    assert do_syslog(log, line, FakeUser(caps=set()), 10, 0, 0) == -1  # dmesg_restrict

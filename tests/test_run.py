@@ -104,6 +104,24 @@ def test_dmesg_prints_the_emulated_log(sc: Scratch) -> None:
     assert "dmesg: read kernel buffer failed: Operation not permitted" in r.stderr
 
 
+def test_syslog_is_the_emulated_kernels(sc: Scratch) -> None:
+    """dmesg -S reads through syslog(2), -C clears, -n sets the console level: the emulated
+    kernel's, never the host's."""
+    r = khofs_run("--console", "--", "sh", "-c",
+                  "dmesg -S; dmesg -C; dmesg -S; echo cleared; dmesg -n 1; "
+                  "echo '<4>quiet now' > /dev/kmsg; dmesg -S; "
+                  "setpriv --reuid=65534 dmesg -S; echo nobody=$?", sc=sc)
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"\[ +\d+\.\d{6}\] Kernel command line: kho=on", lines[0])
+    assert lines[1] == "cleared"
+    assert re.fullmatch(r"\[ +\d+\.\d{6}\] quiet now", lines[2])
+    assert lines[3] == "nobody=1"
+    console = r.stderr.splitlines()
+    assert len(console) == 2 and console[0].endswith("] Kernel command line: kho=on")
+    assert console[1] == "dmesg: read kernel buffer failed: Operation not permitted"
+
+
 def test_iomem_shows_addresses_only_to_cap_sys_admin(sc: Scratch) -> None:
     r = khofs_run("--cmdline", "kho=on crashkernel=256M", "--", "sh", "-c",
                   "grep -E 'Crash|^00100000' /proc/iomem; "

@@ -8,7 +8,8 @@ besides its debugfs, as one tree that the run binds over the real files (as LXCF
 The contents come from the engine (khofs.engine.procfs, sysfs, printk, sysrq); what depends on
 who opens a file comes from an Opener the FUSE edge fills in: /proc/iomem reads as zeros
 unless the opener has CAP_SYS_ADMIN in the machine's initial user namespace, and /dev/kmsg
-opened for reading wants CAP_SYSLOG (or CAP_SYS_ADMIN), as with Debian's dmesg_restrict=1.
+opened for reading wants CAP_SYSLOG, as with Debian's dmesg_restrict=1 (6.16 no longer takes
+CAP_SYS_ADMIN for it).
 /dev/kmsg gives one record per read from the running kernel's log, blocks at its end (EAGAIN
 with O_NONBLOCK), and takes records written to it; its reads run without the tree lock.
 """
@@ -111,7 +112,7 @@ class KmsgOps(OpenerOps):
     def open_as(self, dentry: Dentry, opener: Opener) -> OpenFile | int:
         """devkmsg_open: readers need check_syslog_permissions; writers do not."""
         reading = opener.flags & os.O_ACCMODE != os.O_WRONLY
-        if reading and not (opener.capable(CAP_SYSLOG) or opener.capable(CAP_SYS_ADMIN)):
+        if reading and not opener.capable(CAP_SYSLOG):
             return -errno.EPERM
         return KmsgFile(dentry, self.system.kernel, self.log, opener)
 

@@ -33,6 +33,11 @@ class Printk:
         self.records: list[Record] = []
         self.sink = sink
         self._start = time.monotonic()
+        # syslog(2)'s cursors (khofs.engine.syslog) and the console level it may set
+        self.clear_seq = 0
+        self.syslog_seq = 0
+        self.syslog_partial = 0
+        self.console_level: int | None = None  # None: what the command line says
 
     def log(self, level: str, text: str, facility: int = 0) -> None:
         assert level in LEVELS, level

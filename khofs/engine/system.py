@@ -46,6 +46,7 @@ from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
 from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown, sys_reboot
+from khofs.engine.syslog import do_syslog
 from khofs.engine.sysrq import handle_sysrq, sysrq_keys
 from khofs.engine.uaccess import UserAccess
 
@@ -90,6 +91,7 @@ class System:
         self.lock = threading.Lock()  # one kexec at a time, never mid-operation
         self.mem = PhysMem(machine.arch.page_size)
         self.records: list[tuple[int, Record]] = []
+        self.boot_cmdlines: dict[int, str] = {}
         self.loaded: LoadedImage | None = None
         self.crash_loaded: LoadedImage | None = None  # kexec_crash_image
         self.boot_cmdline = cmdline  # what the boot loader starts a cold boot with
@@ -104,6 +106,8 @@ class System:
         self.crash = CrashRes.of(self.kernel.reservations)
 
     def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
+        self.boot_cmdlines[number] = cmdline  # a booting kernel's, before self.kernel is it
+
         def sink(rec: Record) -> None:
             self.records.append((number, rec))
             if self.log_sink is not None:
@@ -326,6 +330,13 @@ class System:
                 self.loaded = self.crash_loaded = None
                 self.kernel = self._boot(self.boot_cmdline, None, number)
             self.crash = CrashRes.of(self.kernel.reservations)
+
+    def sys_syslog(self, user: UserAccess, action: int, buf: int, length: int) -> int | object:
+        """syslog(2) on this boot's log (khofs.engine.syslog): a count, a negative errno,
+        or syslog.WAIT for a READ that must wait for the next record."""
+        with self.lock:
+            return do_syslog(self.kernel.log, self.kernel.params.cmdline, user, action, buf,
+                             length)
 
     def crash_size(self) -> int:
         """crash_get_memory_size: /sys/kernel/kexec_crash_size."""

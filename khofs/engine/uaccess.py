@@ -59,6 +59,10 @@ class UserAccess(Protocol):
         """size bytes at addr, or None when any of them cannot be read (EFAULT)."""
         ...
 
+    def copy_to_user(self, addr: int, data: bytes) -> bool:
+        """Write data at addr: False when any of it cannot be written (EFAULT)."""
+        ...
+
     def strncpy_from_user(self, addr: int, size: int) -> bytes | None:
         """The string at addr up to its NUL or size bytes, or None on a fault."""
         ...

@@ -14,6 +14,7 @@ Its first act is to fork the mount helper's forker, before any thread exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from khofs.daemon.machine_files import MachineFiles
 from khofs.daemon.run_tree import RunTree
 from khofs.engine.printk import Record, console_loglevel, on_console
 from khofs.engine.reboot import Reboot, Shutdown
+from khofs.engine.syslog import console_level
 from khofs.engine.system import System
 from khofs.run import mounts
 from khofs.run.namespace import ns_inode, set_parent_death_signal
@@ -53,14 +55,21 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 
 
 class Console:
-    """--console: the kernel's lines on stderr as they are printed, above the console
-    log level of the running kernel's command line."""
+    """--console: the kernel's lines on stderr as they are printed, above the console log
+    level (the booting kernel's command line's, or what syslog(2) set since)."""
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
 
-    def __call__(self, rec: Record, cmdline: str) -> None:
-        if self.fd is not None and on_console(rec, console_loglevel(cmdline)):
+    def __call__(self, system: System, boot: int, rec: Record) -> None:
+        if self.fd is None:
+            return
+        kernel = getattr(system, "kernel", None)
+        if kernel is not None and kernel.boot_number == boot:
+            level = console_level(kernel.log, kernel.params.cmdline)
+        else:  # a kernel still booting
+            level = console_loglevel(system.boot_cmdlines.get(boot, ""))
+        if on_console(rec, level):
             try:
                 os.write(self.fd, (rec.format() + "\n").encode("utf-8", "surrogateescape"))
             except OSError:
@@ -82,13 +91,16 @@ class MachineDaemon:
         self.tree = RunTree(lambda: system.kernel.debugfs, self.files.fs, uid, gid)
         self.supervisor = Supervisor(system, self.files, mounts.ForkerClient(forker),
                                      self._ending, self.base_user_ns)
-        for _, rec in system.records:
-            console(rec, system.kernel.params.cmdline)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for boot, rec in system.records:
+            console(system, boot, rec)
         system.log_sink = self._log
 
     def _log(self, boot: int, rec: Record) -> None:
         self.files.log_sink(boot, rec)
-        self.console(rec, self.system.kernel.params.cmdline)
+        self.console(self.system, boot, rec)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b".")  # syslog readers may be waiting for it
 
     def _send(self, message: dict[str, Any]) -> None:
         with self.send_lock:
@@ -120,12 +132,17 @@ class MachineDaemon:
         boot = self.supervisor.boot
         poller = select.poll()
         poller.register(self.control, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
         if boot is not None:
             poller.register(boot.fd, select.POLLIN)
         for fd, events in poller.poll():
             if fd == self.control.fileno():
                 if not self._command():
                     return False
+            elif fd == self.wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+                self.supervisor.log_changed()
             elif boot is not None and events & select.POLLIN:
                 self.supervisor.handle()
             elif boot is not None:  # POLLHUP: nothing of the boot is left to call

@@ -23,16 +23,17 @@ AUDIT_ARCH_I386 = 0x40000003
 AUDIT_ARCH_AARCH64 = 0xC00000B7
 X32_SYSCALL_BIT = 0x40000000
 
-# What the emulated kernel answers. syslog is not among them: `dmesg` reads /dev/kmsg.
-NOTIFIED = ("reboot", "kexec_load", "kexec_file_load", "mount", "umount2", "umount", "fsopen")
+# What the emulated kernel answers.
+NOTIFIED = ("reboot", "kexec_load", "kexec_file_load", "mount", "umount2", "umount", "fsopen",
+            "syslog")
 
 # The syscall numbers, per entry: (audit arch, nr) -> (name, compat)
-_X86_64 = {"mount": 165, "umount2": 166, "reboot": 169, "kexec_load": 246,
+_X86_64 = {"syslog": 103, "mount": 165, "umount2": 166, "reboot": 169, "kexec_load": 246,
            "kexec_file_load": 320, "fsopen": 430}
-_I386 = {"mount": 21, "umount": 22, "umount2": 52, "reboot": 88, "kexec_load": 283,
-         "fsopen": 430}
+_I386 = {"mount": 21, "umount": 22, "umount2": 52, "reboot": 88, "syslog": 103,
+         "kexec_load": 283, "fsopen": 430}
 _X32 = {**_X86_64, "kexec_load": 528}  # x32's kexec_load is compat_sys_kexec_load
-_AARCH64 = {"mount": 40, "umount2": 39, "reboot": 142, "kexec_load": 104,
+_AARCH64 = {"mount": 40, "umount2": 39, "reboot": 142, "kexec_load": 104, "syslog": 116,
             "kexec_file_load": 294, "fsopen": 430}
 SYSCALLS: dict[tuple[int, int], tuple[str, bool]] = {
     **{(AUDIT_ARCH_X86_64, nr): (name, False) for name, nr in _X86_64.items()},

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from khofs.daemon.machine_files import MachineFiles
 from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown
+from khofs.engine.syslog import WAIT
 from khofs.engine.system import System
 from khofs.engine.uaccess import CAP_SYS_ADMIN
 from khofs.run import seccomp
@@ -64,9 +65,11 @@ class Supervisor:
         self.on_ending = on_ending
         self.base_user_ns = base_user_ns
         self.boot: Boot | None = None
+        self.waiting: list[Notification] = []  # syslog READs waiting for a record
 
     def start_boot(self, fd: int, init_pid: int) -> None:
         self.boot = Boot(fd, init_pid, ns_inode(init_pid, "pid"))
+        self.waiting = []
 
     def handle(self) -> None:
         """Receive and answer one notification of the current boot."""
@@ -141,6 +144,30 @@ class Supervisor:
                 os.kill(int(entry), signal.SIGKILL)
                 return
         log.debug("reboot_pid_ns (%d): no init found for pid %d", sig, pid)
+
+    # --- the log ----------------------------------------------------------------------------
+
+    def sys_syslog(self, fd: int, n: Notification, task: Task, compat: bool) -> None:
+        action, buf, length = to_int(n.args[0]), n.args[1], to_int(n.args[2])
+        got = self.system.sys_syslog(task, action, buf, length)
+        if got is WAIT:
+            self.waiting.append(n)
+        else:
+            self._answer(fd, n, int(got))  # type: ignore[call-overload]
+
+    def log_changed(self) -> None:
+        """A record was logged: the syslog READs that wait for one may go on."""
+        if self.boot is None:
+            return
+        waiting, self.waiting = self.waiting, []
+        for n in waiting:
+            if not seccomp.still_waiting(self.boot.fd, n.id):
+                continue
+            task = Task(n.pid, self.base_user_ns, self.boot.init_pid_ns)
+            try:
+                self.sys_syslog(self.boot.fd, n, task, False)
+            finally:
+                task.close()
 
     # --- mounts -------------------------------------------------------------------------
 

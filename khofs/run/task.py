@@ -139,6 +139,18 @@ class Task:
             os.close(fd)
         return data if len(data) == size else None
 
+    def copy_to_user(self, addr: int, data: bytes) -> bool:
+        try:
+            fd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return os.pwrite(fd, data, addr) == len(data)
+        except (OSError, OverflowError):
+            return False
+        finally:
+            os.close(fd)
+
     def strncpy_from_user(self, addr: int, size: int) -> bytes | None:
         """Up to the NUL or size bytes, a page at a time: a read that runs into an unmapped
         page fails whole, while the string may end before it."""
