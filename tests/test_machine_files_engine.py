@@ -121,7 +121,7 @@ def test_syslog_reads_clears_and_sets_the_console_level() -> None:
     log, line = system.kernel.log, system.kernel.params.cmdline
     user = FakeUser()
     user.put(0x1000, bytes(4096))
-    first = b"<5>[" + f"{log.records[0].seconds:12.6f}".encode() + b"] Kernel command line: kho=on\n"
+    first = f"<5>[{log.records[0].seconds:12.6f}] Kernel command line: kho=on\n".encode()
     assert do_syslog(log, line, user, 10, 0, 0) == 128 << 10
     assert do_syslog(log, line, user, 3, 0x1000, 4096) == len(first)
     assert user.memory[0x1000][:len(first)] == first
