@@ -137,9 +137,8 @@ class MachineDaemon:
             poller.register(boot.fd, select.POLLIN)
         for fd, events in poller.poll():
             if fd == self.control.fileno():
-                if not self._command():
-                    return False
-            elif fd == self.wake_r:
+                return self._command()  # it may have changed the boot: poll afresh
+            if fd == self.wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
                 self.supervisor.log_changed()

@@ -121,6 +121,8 @@ class Runner:
         if message == {"ready": True}:
             return
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        libfuse = [ln for ln in lines if ln.startswith("fuse: ")]  # libfuse says why first
+        lines = libfuse or lines
         raise RunError(lines[-1].removeprefix("khofs: ") if lines
                        else "the machine's daemon did not start")
 
@@ -275,6 +277,9 @@ def check_inputs(command: Sequence[str], boots: int, root: str | None) -> None:
     problem = seccomp_available()
     if problem:
         raise RunError(f"run: {problem}")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise RunError("/dev/fuse: not available (load the fuse module or run with access to "
+                       "it)")
 
 
 def run(system: System, command: Sequence[str], *, boots: int = 1, console: bool = False,
