@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from khofs.engine.kernel import Kernel
+from khofs.engine.kexec import Segment
+from khofs.engine.kexec_image import boot_command_line
 from khofs.engine.uaccess import CAP_SYS_BOOT, UserAccess
 
 # include/uapi/linux/kexec.h
@@ -42,6 +47,21 @@ def kexec_destination_memory_limit(arch: str) -> int:
     """KEXEC_DESTINATION_MEMORY_LIMIT: x86-64's MAXMEM - 1 with 4-level paging (46 bits);
     the generic -1UL elsewhere."""
     return (1 << 46) - 1 if arch == "x86_64" else ULONG_MASK
+
+
+class KexecSlots(Protocol):
+    """kexec_image and kexec_crash_image: where a load goes (the machine, System)."""
+
+    def unload(self, crash: bool) -> None:
+        """kimage_free(xchg(dest_image, NULL))."""
+        ...
+
+    def install(self, crash: bool, cmdline: str, segments: Sequence[Segment],
+                contents: Sequence[tuple[int, bytes]] = (), kho: bool = False) -> None:
+        """The new image in its slot, the old one freed: the next kernel's command line,
+        its segments, the data to copy at kexec time (a classic load's), and whether
+        kho_fill_kimage added KHO's handover (a file load's)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -139,3 +159,45 @@ def kimage_load_segments(user: UserAccess, segments: list[KexecSegment],
         pad = -len(data) % page_size
         contents.append((seg.mem, data + bytes(pad)))
     return contents
+
+
+def totalram_pages(kernel: Kernel) -> int:
+    """totalram_pages(): the pages the buddy allocator manages, RAM less what memblock kept."""
+    memory = sum(r.size for r in kernel.memblock.memory.regions)
+    reserved = sum(r.size for r in kernel.memblock.reserved.regions)
+    return max(memory - reserved, 0) // kernel.machine.arch.page_size
+
+
+def sys_kexec_load(kernel: Kernel, user: UserAccess, slots: KexecSlots, entry: int,
+                   nr_segments: int, segments: int, flags: int, compat: bool,
+                   crash_region: tuple[int, int]) -> int:
+    """SYSCALL_DEFINE4(kexec_load) (compat: the i386 entry), then do_kexec_load: 0 or a
+    negative errno. No segments unloads the slot; a crash load frees the old crash image
+    first; a failed normal load keeps the old image."""
+    arch, page_size = kernel.machine.arch.name, kernel.machine.arch.page_size
+    err = kexec_load_check(user, nr_segments, flags) or \
+        kexec_load_arch_check(flags, arch, compat)
+    if err:
+        return err
+    segs = copy_segments(user, segments, nr_segments, compat)
+    if isinstance(segs, int):
+        return segs
+    crash = bool(flags & KEXEC_ON_CRASH)
+    if not segs:
+        slots.unload(crash)
+        return 0
+    if crash:
+        slots.unload(True)
+    # kimage_alloc_init: a crash image's entry point lies in crashk_res
+    region = crash_region if crash else None
+    if region is not None and not region[0] <= entry <= region[1]:
+        return -errno.EADDRNOTAVAIL
+    err = sanity_check_segment_list(segs, page_size, arch, totalram_pages(kernel), region)
+    if err:
+        return err
+    contents = kimage_load_segments(user, segs, page_size)
+    if isinstance(contents, int):
+        return contents
+    placed = [Segment(f"segment {i}", s.mem, s.memsz) for i, s in enumerate(segs)]
+    slots.install(crash, boot_command_line(arch, contents), placed, contents)
+    return 0

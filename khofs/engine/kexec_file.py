@@ -25,7 +25,13 @@ from khofs.engine.kexec import (
     kexec_file_load,
     scratch_table_buf,
 )
-from khofs.engine.kexec_core import KexecSegment, sanity_check_segment_list
+from khofs.engine.kexec_core import (
+    KexecSegment,
+    KexecSlots,
+    kexec_load_permitted,
+    sanity_check_segment_list,
+    totalram_pages,
+)
 from khofs.engine.kexec_image import KernelImage, kexec_image_load, kexec_image_probe
 from khofs.engine.uaccess import UserAccess, kernel_read_file_from_fd
 
@@ -142,8 +148,30 @@ def _user_view(segments: Sequence[Segment], image: KernelImage) -> list[KexecSeg
             for s in segments]
 
 
-def totalram_pages(kernel: Kernel) -> int:
-    """totalram_pages(): the pages the buddy allocator manages, RAM less what memblock kept."""
-    memory = sum(r.size for r in kernel.memblock.memory.regions)
-    reserved = sum(r.size for r in kernel.memblock.reserved.regions)
-    return max(memory - reserved, 0) // kernel.machine.arch.page_size
+def sys_kexec_file_load(kernel: Kernel, user: UserAccess, slots: KexecSlots, kernel_fd: int,
+                        initrd_fd: int, cmdline_len: int, cmdline_ptr: int, flags: int,
+                        crash_region: tuple[int, int]) -> int:
+    """SYSCALL_DEFINE5(kexec_file_load): 0 or a negative errno. UNLOAD empties the slot
+    (even an empty one); a crash load frees the old crash image first, so a failed one
+    leaves none; a failed normal load keeps the image loaded before."""
+    if not kexec_load_permitted(user):
+        return -errno.EPERM
+    if flags & ~KEXEC_FILE_FLAGS:
+        return -errno.EINVAL
+    crash = bool(flags & KEXEC_FILE_ON_CRASH)
+    if flags & KEXEC_FILE_UNLOAD:
+        slots.unload(crash)
+        return 0
+    if crash:
+        slots.unload(True)
+    got = kimage_file_prepare(kernel, user, kernel_fd, initrd_fd, cmdline_len, cmdline_ptr,
+                              flags, crash_region if crash else None)
+    if isinstance(got, int):
+        return got
+    cmdline = got.cmdline
+    headers = next((s for s in got.segments if s.what == "elfcorehdr"), None)
+    if headers is not None and kernel.machine.arch.name == "x86_64":
+        # bzImage64's setup_cmdline puts the ELF core headers' address first
+        cmdline = f"elfcorehdr=0x{headers.mem:x} {cmdline}"
+    slots.install(crash, cmdline, got.segments, kho=True)
+    return 0

@@ -4,6 +4,11 @@
 segment first, then the image loader's segments, all inside scratch areas); `kexec_execute`
 is `kexec -e`: the segments are copied to their destinations and the next kernel boots in the
 same RAM with the handover. A `MachineState` carries all that to another process.
+
+For `khofs run` the machine also answers system calls from a caller (khofs.engine.uaccess):
+kexec_file_load and kexec_load into its two slots (kexec_image, kexec_crash_image), reboot
+(a kexec, a cold restart, a halt or a power-off: boot_next starts the next boot), syslog, and
+the writes of /proc/sysrq-trigger and /sys/kernel/kexec_crash_size.
 """
 
 from __future__ import annotations
@@ -24,24 +29,8 @@ from khofs.engine.kexec import (
     pack_scratch_table,
     scratch_table_buf,
 )
-from khofs.engine.kexec_core import (
-    KEXEC_ON_CRASH,
-    KexecSegment,
-    copy_segments,
-    kexec_load_arch_check,
-    kexec_load_check,
-    kexec_load_permitted,
-    kimage_load_segments,
-    sanity_check_segment_list,
-)
-from khofs.engine.kexec_file import (
-    KEXEC_FILE_FLAGS,
-    KEXEC_FILE_ON_CRASH,
-    KEXEC_FILE_UNLOAD,
-    kimage_file_prepare,
-    totalram_pages,
-)
-from khofs.engine.kexec_image import boot_command_line
+from khofs.engine.kexec_core import sys_kexec_load
+from khofs.engine.kexec_file import sys_kexec_file_load
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
@@ -194,77 +183,29 @@ class System:
 
     def sys_kexec_file_load(self, user: UserAccess, kernel_fd: int, initrd_fd: int,
                             cmdline_len: int, cmdline_ptr: int, flags: int) -> int:
-        """kexec_file_load(2): 0 or a negative errno (khofs.engine.kexec_file). UNLOAD empties
-        the slot; a crash load frees the old crash image first, so a failed one leaves none;
-        a failed normal load keeps the image loaded before."""
-        if not kexec_load_permitted(user):
-            return -errno.EPERM
-        if flags & ~KEXEC_FILE_FLAGS:
-            return -errno.EINVAL
-        crash = bool(flags & KEXEC_FILE_ON_CRASH)
+        """kexec_file_load(2) on this machine (khofs.engine.kexec_file)."""
         with self.lock:
-            if flags & KEXEC_FILE_UNLOAD:
-                self._install(crash, None)
-                return 0
-            if crash:
-                self.crash_loaded = None
-            got = kimage_file_prepare(self.kernel, user, kernel_fd, initrd_fd, cmdline_len,
-                                      cmdline_ptr, flags, self.crash.res if crash else None)
-            if isinstance(got, int):
-                return got
-            cmdline = got.cmdline
-            headers = next((s for s in got.segments if s.what == "elfcorehdr"), None)
-            if headers is not None and self.machine.arch.name == "x86_64":
-                # bzImage64's setup_cmdline puts the ELF core headers' address first
-                cmdline = f"elfcorehdr=0x{headers.mem:x} {cmdline}"
-            self._install(crash, self._image(self.kernel, cmdline, got.segments))
-            return 0
+            return sys_kexec_file_load(self.kernel, user, self, kernel_fd, initrd_fd,
+                                       cmdline_len, cmdline_ptr, flags, self.crash.res)
 
     def sys_kexec_load(self, user: UserAccess, entry: int, nr_segments: int, segments: int,
                        flags: int, compat: bool = False) -> int:
-        """kexec_load(2) (compat: the i386 entry): 0 or a negative errno. No segments
-        unloads the slot; the image carries no KHO handover."""
-        arch = self.machine.arch.name
-        err = kexec_load_check(user, nr_segments, flags) or \
-            kexec_load_arch_check(flags, arch, compat)
-        if err:
-            return err
-        segs = copy_segments(user, segments, nr_segments, compat)
-        if isinstance(segs, int):
-            return segs
-        crash = bool(flags & KEXEC_ON_CRASH)
+        """kexec_load(2) on this machine (khofs.engine.kexec_core)."""
         with self.lock:
-            if not segs:
-                self._install(crash, None)
-                return 0
-            if crash:
-                self.crash_loaded = None
-            image = self._classic_image(user, entry, segs, crash)
-            if isinstance(image, int):
-                return image
-            self._install(crash, image)
-            return 0
+            return sys_kexec_load(self.kernel, user, self, entry, nr_segments, segments, flags,
+                                  compat, self.crash.res)
 
-    def _classic_image(self, user: UserAccess, entry: int, segs: list[KexecSegment],
-                       crash: bool) -> LoadedImage | int:
-        """kimage_alloc_init (a crash entry point inside crashk_res), the sanity checks,
-        then each segment's data; the next kernel's command line is what that data says."""
-        k, page = self.kernel, self.machine.arch.page_size
-        region = self.crash.res if crash else None
-        if region is not None and not region[0] <= entry <= region[1]:
-            return -errno.EADDRNOTAVAIL
-        err = sanity_check_segment_list(segs, page, self.machine.arch.name,
-                                        totalram_pages(k), region)
-        if err:
-            return err
-        contents = kimage_load_segments(user, segs, page)
-        if isinstance(contents, int):
-            return contents
-        segments = tuple(Segment(f"segment {i}", s.mem, s.memsz) for i, s in enumerate(segs))
-        cmdline = boot_command_line(self.machine.arch.name, contents)
-        return LoadedImage(Handover(cmdline, segments), tuple(contents))
+    # the KexecSlots of khofs.engine.kexec_core
+    def unload(self, crash: bool) -> None:
+        if crash:
+            self.crash_loaded = None
+        else:
+            self.loaded = None
 
-    def _install(self, crash: bool, image: LoadedImage | None) -> None:
+    def install(self, crash: bool, cmdline: str, segments: Sequence[Segment],
+                contents: Sequence[tuple[int, bytes]] = (), kho: bool = False) -> None:
+        image = self._image(self.kernel, cmdline, tuple(segments)) if kho else \
+            LoadedImage(Handover(cmdline, tuple(segments)), tuple(contents))
         if crash:
             self.crash_loaded = image
         else:
