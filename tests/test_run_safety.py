@@ -118,3 +118,21 @@ def test_power_off_ends_the_run(sc: Scratch) -> None:
     assert (r.returncode, r.stdout) == (0, "guard -> 0\n")
     assert r.stderr.splitlines()[-1].endswith("] reboot: Power down")
     assert host_state() == before
+
+
+def test_the_machines_own_files_as_a_kernel(sc: Scratch) -> None:
+    """kexec_file_load of files the emulated kernel serves itself: they are read while the
+    load is under way, and answered as kernel_read_file would answer them."""
+    files = ["/sys/kernel/kexec_crash_size", "/sys/kernel/debug/kho/out/scratch_len",
+             "/proc/cmdline", "/dev/kmsg", "/sys/kernel/debug/kho"]
+    steps = [arg for f in files for arg in ("kfl", f, "4")]
+    r = khofs_run("--cmdline", "kho=on crashkernel=64M", "--", f"{sc.path}/raw_calls",
+                  "guard", *steps, sc=sc)
+    assert r.stdout.splitlines() == [
+        "guard -> 0",
+        "kexec_file_load /sys/kernel/kexec_crash_size 4 -> -1 EIO",  # sysfs: 4096, short
+        "kexec_file_load /sys/kernel/debug/kho/out/scratch_len 4 -> -1 EINVAL",  # size 0
+        "kexec_file_load /proc/cmdline 4 -> -1 ENOEXEC",  # read whole, not a bzImage
+        "kexec_file_load /dev/kmsg 4 -> -1 EINVAL",
+        "kexec_file_load /sys/kernel/debug/kho 4 -> -1 EINVAL",  # a directory
+    ]

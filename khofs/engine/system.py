@@ -280,9 +280,9 @@ class System:
                              length)
 
     def crash_size(self) -> int:
-        """crash_get_memory_size: /sys/kernel/kexec_crash_size."""
-        with self.lock:
-            return crash_get_memory_size(self.crash)
+        """crash_get_memory_size: /sys/kernel/kexec_crash_size. Without the lock: a
+        kexec_file_load holding it may be reading this very file as its kernel."""
+        return crash_get_memory_size(self.crash)
 
     def crash_shrink(self, size: int) -> int:
         """crash_shrink_memory: a write to /sys/kernel/kexec_crash_size."""
