@@ -7,7 +7,8 @@ the emulated machine's (its debugfs; a proc and a sysfs with the machine files o
 mounts, and bind, move and remount requests, go through to the host kernel with the caller's
 own rights (the run's namespaces keep them there). umount2 goes through the helper too, which
 first takes off what khofs stacked under the target. fsopen of those file systems is ENOSYS,
-so a program that tries the new mount API first falls back to mount(2).
+so a program that tries the new mount API first falls back to mount(2). syslog reads the
+emulated kernel's log; a READ with nothing unread waits, unanswered, for the next record.
 
 A reboot that ends the boot is not answered: the boot's processes are killed, as the machine
 takes them down. Calls whose caller is gone are dropped.
