@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
     options = [f"--{name.replace('_', '-')}={value}" for name, value in (
         ("machine", args.machine_arg), ("cmdline", args.cmdline), ("producers", args.producers),
-        ("seed", args.seed)) if value is not None]
+        ("seed", args.seed), ("abi", args.abi), ("next-abi", args.next_abi))
+        if value is not None]
     options += [f"--plugin={spec}" for spec in args.plugin]
     options += [flag for flag, on in (("--debug", args.debug),
                                       ("--allow-other", args.allow_other)) if on]

@@ -7,6 +7,7 @@ sink (the daemon's log), so the engine itself does no I/O.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,3 +58,13 @@ class Printk:
 
     def texts(self) -> list[str]:
         return [r.text for r in self.records]
+
+
+# lib/errname.c names these codes after the other of Python's two aliases
+_ERRNAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EAGAIN: "EAGAIN", errno.EDEADLK: "EDEADLK"}
+
+
+def errname(err: int) -> str:
+    """printk's %pe of ERR_PTR(err) (CONFIG_SYMBOLIC_ERRNAME): "-ENOMEM", or the number."""
+    name = _ERRNAMES.get(-err) or errno.errorcode.get(-err)
+    return f"-{name}" if name else str(err)
