@@ -33,9 +33,8 @@ P618 = profile_of("6.18")
 REGION = "reserve_mem=64M:4096:n1"
 
 
-def boot(cmdline: str = f"kho=on {REGION}", *drivers: object) -> Kernel:
-    return Kernel(LAPTOP, cmdline, boot_table(list(drivers) or [KhoTest]),  # type: ignore[arg-type]
-                  profile=P618)
+def boot(cmdline: str = f"kho=on {REGION}") -> Kernel:
+    return Kernel(LAPTOP, cmdline, boot_table([KhoTest]), profile=P618)
 
 
 def system(cmdline: str = f"kho=on {REGION}", profile: str = "6.18") -> System:

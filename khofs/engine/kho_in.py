@@ -69,6 +69,7 @@ class KhoIn:
         self.orders: dict[int, int] = {}  # phys -> order, as deserialize sets page->private
         self.reserved: list[tuple[int, int]] = []  # (phys, order) in the order reserved
         self.restored: dict[int, int] = {}  # 6.18 on: restored heads and their orders
+        self.pending: list[tuple[int, int]] = []  # memblock_reserve calls not yet applied
         self.fdt_list: list[FdtDebugfs] = []
         self.kexec_count = 0  # 7.1 on: from the incoming kexec-metadata
         self.previous_release = ""
@@ -240,21 +241,26 @@ def kho_memory_init(kho_in: KhoIn, handover: Handover, memblock: Memblock,
             log.err("KHO: failed to get preserved memory bitmaps")
         else:
             kho_mem_deserialize(kho_in, memblock, log, U64.unpack(prop)[0])
+    memblock.reserve_many(kho_in.pending)
+    kho_in.pending = []
     if era.restore_root_folio and kho_in.restore_folio(kho_in.fdt_phys) is None:
         log.warn("KHO: failed to restore folio for KHO fdt")
     memblock.kho_scratch_only = False
     return [KhoScratch(addr, size) for addr, size in table]
 
 
-def _reserve(kho_in: KhoIn, memblock: Memblock, phys: int, order: int) -> None:
-    """deserialize_bitmap's / kho_preserved_memory_reserve's body: memblock_reserve and
-    noinit, then page->private = order (and from 6.18 the magic). The size is the C
-    expression's: `1 << (order + PAGE_SHIFT)` as x86 shifts it."""
+def _reserve(kho_in: KhoIn, memblock: Memblock, phys: int, order: int, count: int = 1) -> None:
+    """deserialize_bitmap's / kho_preserved_memory_reserve's body for `count` adjacent blocks
+    of one order: memblock_reserve and noinit, then page->private = order (and from 6.18
+    the magic). The size is the C expression's: `1 << (order + PAGE_SHIFT)` as x86 shifts
+    it. (Adjacent blocks make one memblock region either way: reserved in one call.)"""
     page_shift = kho_in.mem.page_size.bit_length() - 1
     size = (1 << ((order + page_shift) & 63)) & U64_MASK
-    memblock.reserve(phys, size)
-    kho_in.orders[phys] = order
-    kho_in.reserved.append((phys, order))
+    kho_in.pending.append((phys, size * count))
+    for i in range(count):
+        block = (phys + i * size) & U64_MASK
+        kho_in.orders[block] = order
+        kho_in.reserved.append((block, order))
 
 
 def kho_mem_deserialize(kho_in: KhoIn, memblock: Memblock, log: Printk, chunk: int) -> None:
@@ -280,10 +286,12 @@ def _deserialize_bitmap(kho_in: KhoIn, memblock: Memblock, order: int, start: in
     page_shift = kho_in.mem.page_size.bit_length() - 1
     bits = int.from_bytes(kho_in.mem.read(bitmap, kho_in.era.bitmap_bytes), "little")
     while bits:
-        low = bits & -bits
-        bit = low.bit_length() - 1
-        bits ^= low
-        _reserve(kho_in, memblock, (start + (bit << (order + page_shift))) & U64_MASK, order)
+        first = (bits & -bits).bit_length() - 1
+        rest = bits >> first
+        run = (~rest & (rest + 1)).bit_length() - 1  # the run of set bits from `first`
+        bits ^= ((1 << run) - 1) << first
+        _reserve(kho_in, memblock, (start + (first << (order + page_shift))) & U64_MASK,
+                 order, run)
 
 
 def kho_mem_retrieve(kho_in: KhoIn, memblock: Memblock, log: Printk) -> int:

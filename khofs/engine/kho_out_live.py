@@ -28,7 +28,7 @@ from khofs.engine.kho_vmalloc import VmArea, kho_preserve_vmalloc, kho_unpreserv
 from khofs.engine.memtrack import MemTrack
 from khofs.engine.scratch import KhoScratch
 from khofs.engine.slab import get_order
-from khofs.lib import fdt_rw
+from khofs.lib.fdt_rw import FdtRw
 from khofs.lib.libfdt import FDT_ERR_EXISTS, FdtSw, fdt_totalsize
 
 
@@ -109,8 +109,9 @@ class KhoOutLive(KhoOutBase):
 
     # --- the root FDT -------------------------------------------------------------------
 
-    def _root(self) -> memoryview:
-        return self.ctx.mem.page_view(self.fdt_phys)
+    def _root(self) -> FdtRw:
+        """The root FDT's page, edited in place."""
+        return FdtRw(self.ctx.mem.page_view(self.fdt_phys))
 
     def _sub_tree_props(self, phys: int, size: int) -> list[tuple[str, bytes]]:
         """The properties a sub-tree node gets, in the order kho_add_subtree sets them."""
@@ -124,22 +125,22 @@ class KhoOutLive(KhoOutBase):
         WARNs), and fdt_pack whatever happened."""
         with self.lock:
             root = self._root()
-            if fdt_rw.fdt_open_into(root, root, len(root)) < 0:
+            if root.open_into(self.ctx.mem.page_size) < 0:
                 return -errno.ENOMEM
             err = self._add_node(root, name, phys, size)
-            fdt_rw.fdt_pack(root)
+            root.pack()
             return err
 
-    def _add_node(self, root: memoryview, name: str, phys: int, size: int) -> int:
-        off = fdt_rw.fdt_add_subnode(root, 0, name)
+    def _add_node(self, root: FdtRw, name: str, phys: int, size: int) -> int:
+        off = root.add_subnode(0, name)
         if off < 0:
             return -errno.EEXIST if off == -FDT_ERR_EXISTS else -errno.ENOMEM
         for prop, value in self._sub_tree_props(phys, size):
-            err = fdt_rw.fdt_setprop(root, off, prop, value)
+            err = root.setprop(off, prop, value)
             if err < 0:
                 if not self.era.blob_size:
                     return err
-                fdt_rw.fdt_del_node(root, off)
+                root.del_node(off)
                 return -errno.ENOMEM
         self.debugfs_blob_add(self.fdt_list, self.sub_fdt_dir, name, phys,
                               size if self.era.blob_size else None)
@@ -151,17 +152,18 @@ class KhoOutLive(KhoOutBase):
         prop_name = self._sub_tree_props(0, 0)[0][0]
         with self.lock:
             root = self._root()
-            if fdt_rw.fdt_open_into(root, root, len(root)) < 0:
+            if root.open_into(self.ctx.mem.page_size) < 0:
                 return
-            off = fdt_rw.fdt_first_subnode(root, 0)
+            off = root.first_subnode(0)
             while off >= 0:
-                value = fdt_rw.fdt_getprop(root, off, prop_name)
-                if value is not None and len(value) == 8 and U64.unpack(value)[0] == phys:
-                    fdt_rw.fdt_del_node(root, off)
+                value = root.getprop(off, prop_name)
+                if isinstance(value, bytes) and len(value) == 8 and \
+                        U64.unpack(value)[0] == phys:
+                    root.del_node(off)
                     self._debugfs_remove(phys)
                     break
-                off = fdt_rw.fdt_next_subnode(root, off)
-            fdt_rw.fdt_pack(root)
+                off = root.next_subnode(off)
+            root.pack()
 
     def _debugfs_remove(self, phys: int) -> None:
         """kho_debugfs_fdt_remove: the first published blob over phys."""
@@ -173,7 +175,7 @@ class KhoOutLive(KhoOutBase):
 
     def _fdt_setup(self) -> int:
         """kho_out_fdt_setup: the empty root, sequentially, in the whole page."""
-        fdt = FdtSw(self._root())
+        fdt = FdtSw(self.ctx.mem.page_view(self.fdt_phys))
         err = fdt.create(self.ctx.mem.page_size)
         err |= fdt.finish_reservemap()
         err |= fdt.begin_node("")
@@ -234,9 +236,8 @@ class KhoOutLive(KhoOutBase):
             first, chunks = self.track.serialize()
             if first < 0:
                 return first
-            root = self._root()
-            off = fdt_rw.fdt_getprop_offset(root, 0, PROP_PRESERVED_MEMORY_MAP)
-            if off >= 0:
+            off, _len = self._root().getprop_w(0, PROP_PRESERVED_MEMORY_MAP)
+            if off >= 0:  # put_unaligned through fdt_getprop_w's pointer
                 self.track.free_chunks(self.chunks)
                 self.ctx.mem.write(self.fdt_phys + off, U64.pack(first))
             self.chunks = chunks
