@@ -134,3 +134,55 @@ def test_the_bzimage_version_string() -> None:
     assert kernel_image_release(bzimage(b"7.1.0 (x@y) #1\0", setup_sects=0,
                                         offset=0x600)) == "7.1.0"
     assert kernel_image_release(bzimage(b"7.1.0\0", setup_sects=0, offset=0x800)) is None
+
+
+# --- the matrix: each era to each, with test_kho and a reserve_mem region -------------------
+
+ERAS = ["6.16", "6.18", "6.19", "7.1", "7.4"]
+MATRIX = {  # FROM: cells TO 6.16 6.18 6.19 7.1 7.4 (research note, section 9)
+    "6.16": ["restored", "corrupted", "corrupted", "no-kho", "no-kho"],
+    "6.18": ["corrupted", "restored", "restored", "no-kho", "no-kho"],
+    "6.19": ["corrupted", "restored", "restored", "no-kho", "no-kho"],
+    "7.1": ["no-kho", "no-kho", "no-kho", "restored", "no-kho"],
+    "7.4": ["no-kho", "no-kho", "no-kho", "no-kho", "restored"],
+}
+
+
+def test_the_compat_matrix() -> None:
+    from khofs.producers.compat import DEFAULT_REGION, compat_matrix
+
+    cells = compat_matrix(LAPTOP, f"kho=on {DEFAULT_REGION}", [KhoTest],
+                          [profile_of(e) for e in ERAS])
+    got = {frm: [c.token for c in row] for frm, row in zip(ERAS, cells, strict=True)}
+    assert got == MATRIX
+    reason = {(a, b): c.reason for a, row in zip(ERAS, cells, strict=True)
+              for b, c in zip(ERAS, row, strict=True)}
+    assert reason[("6.16", "6.16")] == "test_kho restored; reserve_mem 'compat' revived"
+    assert reason[("6.16", "6.18")].startswith(
+        "test_kho: the restore failed (folios_info is 128 bytes, this kernel wants a 16-byte "
+        "struct kho_vmalloc); a reservation at 0x480000000 has no memory map")
+    assert reason[("6.18", "6.16")].startswith("test_kho: the restore failed (its sub-FDT is "
+                                               "not a kho-test-v1 FDT); reserve_mem 'compat' "
+                                               "was revived at 0x")
+    assert "preserved pages not reserved" in reason[("6.19", "6.16")]
+    for frm, to, compatible, tail in [("7.1", "6.19", "kho-v1", ": -22"),
+                                      ("6.19", "7.1", "kho-v3", ""),
+                                      ("7.1", "7.4", "kho-v4", ""),
+                                      ("7.4", "7.1", "kho-v3", "")]:
+        assert reason[(frm, to)].startswith(f"{profile_of(to).release}: setup: handover FDT "
+                                            "(0x")
+        assert reason[(frm, to)].endswith(f"is incompatible with '{compatible}': 1; "
+                                          f"disabling KHO revival{tail}")
+
+
+def test_6_19_without_finalize_into_6_18_reserves_nothing() -> None:
+    """A 6.18 kernel has no map check: it takes the handover, reserves nothing, fails to
+    restore the root folio, and revives memblock's region on free memory."""
+    s = system("6.19")
+    assert s.kexec_load(profile=profile_of("6.18")) == (0, "") and s.kexec_execute() == (0, "")
+    k = s.kernel
+    assert k.kho_in is not None and k.kho_in.reserved == []
+    log = texts(k)
+    assert "KHO: found kexec handover data. Will skip init for some devices" in log
+    assert "KHO: failed to restore folio for KHO fdt" in log
+    assert "Revived memory reservation 'n1' from KHO" in log

@@ -54,6 +54,7 @@ def build_parser() -> Parser:
     lg.add_argument("mountpoint")
     lg.add_argument("-f", "--follow", action="store_true",
                     help="wait for new lines until Ctrl-C or the daemon stops")
+    _compat_parser(sub)
     ms = sub.add_parser("machine", help="the emulated machines").add_subparsers(
         dest="machine_command", required=True, parser_class=Parser)
     show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
@@ -64,6 +65,18 @@ def build_parser() -> Parser:
     show.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
+
+
+def _compat_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    c = sub.add_parser("compat", help="a live update from each kernel version to each, and "
+                       "what the next kernel made of the handover")
+    c.add_argument("eras", nargs="*", type=_abi, metavar="ERA|RELEASE",
+                   help="the versions, as rows and columns (default: 6.16 6.18 6.19 7.1 7.4)")
+    c.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers (default: "
+                   "test_kho and a reserve_mem region)")
+    c.add_argument("--machine", default=None, dest="machine_arg",
+                   help="a preset, host, or a machine file (default laptop)")
+    c.add_argument("--json", action="store_true", help="JSON for scripts")
 
 
 def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:

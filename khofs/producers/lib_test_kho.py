@@ -97,6 +97,7 @@ class KhoTest:
         self.nr_folios_preserved = 0
         self.kho: KhoOut | None = None
         self.restored: bool | None = None  # after a kexec: whether the restore succeeded
+        self.why = ""  # khofs's note of why a restore failed (the module says nothing)
 
     def init(self, ctx: DriverContext) -> int:
         """kho_test_init: restore what came in, else generate, preserve and register (6.16,
@@ -353,14 +354,19 @@ class KhoTest:
     # --- restoring (the kernel after kexec) -----------------------------------------------
 
     def _restore(self, ctx: DriverContext, fdt_phys: int) -> int:
-        """kho_test_restore: every check fails with EINVAL and logs nothing."""
+        """kho_test_restore: every check fails with EINVAL and logs nothing (`why` keeps
+        the reason for khofs's own reports)."""
         root = ctx.mem.parse_fdt(fdt_phys)
         if root is None or root.check_compatible(KHO_TEST_COMPAT):
-            return -errno.EINVAL
+            return self._fail("its sub-FDT is not a kho-test-v1 FDT")
         magic = root.getprop("magic")
         if magic is None or len(magic) != U32.size or U32.unpack(magic)[0] != KHO_TEST_MAGIC:
-            return -errno.EINVAL
+            return self._fail("its magic is wrong")
         return self._restore_data(ctx, root)
+
+    def _fail(self, why: str) -> int:
+        self.why = why
+        return -errno.EINVAL
 
     def _restore_data(self, ctx: DriverContext, root: FdtNode) -> int:
         """kho_test_restore_data: restore each folio (stopping at the first that is missing
@@ -370,33 +376,40 @@ class KhoTest:
         props = node.props if node is not None else {}
         nr_raw, old_csum = props.get("nr_folios"), props.get("csum")
         if nr_raw is None or len(nr_raw) != U32.size:
-            return -errno.EINVAL
+            return self._fail("its nr_folios is missing")
         if old_csum is None or len(old_csum) != U32.size:
-            return -errno.EINVAL
+            return self._fail("its csum is missing")
         nr = U32.unpack(nr_raw)[0]
         info = props.get("folios_info")
         if ctx.profile.era.vmalloc:
             return self._restore_vmalloc_data(ctx, nr, info, U32.unpack(old_csum)[0])
         if info is None or len(info) != U64.size * nr:
-            return -errno.EINVAL
+            return self._fail(f"folios_info is {len(info or b'')} bytes, this kernel wants "
+                              f"{U64.size * nr} (8 per folio)")
         csum = self._restore_folios(ctx, [v for (v,) in U64.iter_unpack(info)])
-        return 0 if csum == U32.unpack(old_csum)[0] else -errno.EINVAL
+        return self._checksum(csum, U32.unpack(old_csum)[0])
+
+    def _checksum(self, csum: int, old_csum: int) -> int:
+        if csum == old_csum:
+            return 0
+        return self._fail(f"the checksum is 0x{csum:08x}, not 0x{old_csum:08x}")
 
     def _restore_vmalloc_data(self, ctx: DriverContext, nr: int, info: bytes | None,
                               old_csum: int) -> int:
         """6.18 on: the array comes back with kho_restore_vmalloc and is vfree'd after."""
         if info is None or len(info) != KHO_VMALLOC.size or ctx.kho_in is None:
-            return -errno.EINVAL
+            return self._fail(f"folios_info is {len(info or b'')} bytes, this kernel wants a "
+                              f"{KHO_VMALLOC.size}-byte struct kho_vmalloc")
         area = kho_restore_vmalloc(ctx.kho_in, ctx.mem, ctx.pages, info,
                                    each_page=ctx.profile.era.unpreserve)
         if area is None:
-            return -errno.EINVAL
+            return self._fail("kho_restore_vmalloc failed")
         page = ctx.mem.page_size
         count = min(nr, len(area.pages) * page // U64.size)  # past the area: a fault
         values = [v for (v,) in U64.iter_unpack(area.read(ctx.mem, 0, count * U64.size))]
         csum = self._restore_folios(ctx, values)
         vfree(ctx.pages, area)
-        return 0 if csum == old_csum else -errno.EINVAL
+        return self._checksum(csum, old_csum)
 
     def _restore_folios(self, ctx: DriverContext, values: list[int]) -> int:
         """The restore loop: each `phys | order`, until one is missing or of another order."""
