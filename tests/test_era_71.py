@@ -183,3 +183,13 @@ def test_7_4_calls_scratch_bootmem() -> None:
     assert "KHO: scratch areas: lowmem: 64MiB global: 128MiB pernode: 32MiB" in texts(k)
     md = read_file(k, "/kho/out/sub_fdts/kexec-metadata")
     assert md == metadata_blob("7.4.0", 1)
+
+
+def test_7_1_says_which_scratch_area_failed() -> None:
+    k = boot("7.1", "kho=on kho_scratch=64M,1T,64M", ())
+    assert not k.kho_enabled
+    log = texts(k)
+    i = log.index("KHO: Failed to reserve global scratch buffer")
+    assert log[i + 1] == "KHO: Failed to reserve scratch area, disabling kexec handover"
+    k = boot("7.4", "kho=on kho_bootmem=1T,64M,64M", ())
+    assert "KHO: Failed to reserve lowmem scratch buffer" in texts(k)

@@ -9,7 +9,9 @@ and `--abi` overrides it."""
 from __future__ import annotations
 
 import errno
+import json
 import struct
+from pathlib import Path
 
 from khofs.engine.era import profile_of
 from khofs.engine.kexec import kernel_image_release
@@ -186,3 +188,25 @@ def test_6_19_without_finalize_into_6_18_reserves_nothing() -> None:
     assert "KHO: found kexec handover data. Will skip init for some devices" in log
     assert "KHO: failed to restore folio for KHO fdt" in log
     assert "Revived memory reservation 'n1' from KHO" in log
+
+
+def test_the_handover_directory_carries_the_next_kernel(tmp_path: Path) -> None:
+    from khofs.daemon.ramimage import HANDOVER_FILE, read_state_dir, write_state_dir
+
+    s = system("7.1")
+    assert s.kexec_load(profile=profile_of("7.2.4")) == (0, "")
+    err, state = s.kexec_away()
+    assert err == 0 and state is not None
+    write_state_dir(tmp_path, LAPTOP, state)
+    doc = json.loads((tmp_path / HANDOVER_FILE).read_text())
+    assert doc["next_release"] == "7.2.4"
+    _machine, back = read_state_dir(tmp_path)
+    assert back.image.profile == profile_of("7.2.4")
+    nxt = System(LAPTOP, "", boot_table([KhoTest]), state=back)
+    assert nxt.kernel.profile.release == "7.2.4"
+    assert any(t.endswith("is incompatible with 'kho-v4': 1") for t in texts(nxt.kernel))
+    # a handover written before the eras boots 6.16.0
+    del doc["next_release"]
+    raw = json.dumps(doc).encode()
+    (tmp_path / HANDOVER_FILE).write_bytes(raw)
+    assert read_state_dir(tmp_path)[1].image.profile == profile_of("6.16")
