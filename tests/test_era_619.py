@@ -175,3 +175,16 @@ def test_kho_in_warnings_use_the_6_19_texts() -> None:
 @pytest.mark.parametrize("release", ["6.19.0", "7.0.3"])
 def test_7_0_is_the_6_19_era(release: str) -> None:
     assert profile_of(release).era is P619.era
+
+
+@pytest.mark.parametrize("abi", ["6.16", "6.19", "7.1"])
+def test_the_example_plugin_counts_boots_in_every_era(abi: str) -> None:
+    from khofs.producers.plugin import load_plugin
+
+    s = System(LAPTOP, "kho=on", boot_table([load_plugin("examples/plugins/counter.py:counter")]),
+               profile=profile_of(abi))
+    for boot in (2, 3):
+        if s.kernel.era.finalize:
+            assert s.kernel.kho.finalize_set(1) == 0
+        assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
+        assert f"counter: boot {boot}: value {boot}" in texts(s.kernel)

@@ -210,3 +210,24 @@ def test_the_handover_directory_carries_the_next_kernel(tmp_path: Path) -> None:
     raw = json.dumps(doc).encode()
     (tmp_path / HANDOVER_FILE).write_bytes(raw)
     assert read_state_dir(tmp_path)[1].image.profile == profile_of("6.16")
+
+
+def test_a_fill_producer_reports_what_a_6_16_kernel_lost() -> None:
+    """Bits 4096 and up of a 6.18 page bitmap are past what 6.16 reads: a page 16 MiB into
+    its 128 MiB window (an order-0 block) is not reserved, and the next kernel's memory
+    there is not the pattern any more; one in the first 16 MiB survives. (Bigger aligned
+    ranges are higher-order blocks, whose bits sit lower.)"""
+    from khofs.producers.dts import compile_dts
+    from khofs.producers.spec import ProducerSpec
+
+    sub = compile_dts('/dts-v1/; / { compatible = "fill-v1"; };')
+    lost, kept = (0x101000000, 0x1000), (0x100100000, 0x1000)
+    for preserve, line in [((lost,), "khofs: producer alpha: preserved memory corrupted at "
+                                     "0x101000000"),
+                           ((kept,), "khofs: producer alpha: preserved memory intact")]:
+        spec = ProducerSpec("alpha", sub, preserve, fill=True)
+        s = System(LAPTOP, "kho=on", boot_table([spec]), profile=profile_of("6.18"))
+        assert s.kernel.kho.finalize_set(1) == 0
+        assert s.kexec_load(profile=profile_of("6.16")) == (0, "")
+        assert s.kexec_execute() == (0, "")
+        assert line in texts(s.kernel)
