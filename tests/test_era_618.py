@@ -7,6 +7,8 @@ import errno
 import stat
 import struct
 
+import pytest
+
 from khofs.engine.era import profile_of
 from khofs.engine.kernel import Kernel
 from khofs.engine.system import System
@@ -204,3 +206,20 @@ def test_a_6_18_producer_file_entry_runs_at_finalize() -> None:
     assert listing(k, "/kho/out/sub_fdts") == ["alpha"]
     assert read_file(k, "/kho/out/sub_fdts/alpha") == sub
     assert blocks_cover(k.kho.preserved_blocks(), 0x100002000)
+
+
+def test_a_debug_build_refuses_to_preserve_scratch_memory() -> None:
+    """CONFIG_KEXEC_HANDOVER_DEBUG (`--abi 6.18+debug`): kho_scratch_overlap makes
+    preserving scratch memory EINVAL; a default build preserves it."""
+    in_scratch = boot().scratch[0].addr
+    debug = Kernel(LAPTOP, "kho=on", boot_table([]), profile=profile_of("6.18+debug"))
+    assert debug.kho.preserve_folio(in_scratch, 0) == -errno.EINVAL
+    assert debug.kho.preserve_pages(in_scratch - PAGE, 2) == -errno.EINVAL
+    assert debug.kho.preserve_pages(in_scratch - PAGE, 1) == 0
+    plain = Kernel(LAPTOP, "kho=on", boot_table([]), profile=P618)
+    assert plain.kho.preserve_folio(in_scratch, 0) == 0
+    for abi in ("6.19+debug", "7.1+debug"):
+        k = Kernel(LAPTOP, "kho=on", boot_table([]), profile=profile_of(abi))
+        assert k.kho.preserve_folio(k.scratch[1].addr, 0) == -errno.EINVAL
+    with pytest.raises(ValueError, match="a 6.16 kernel has no CONFIG_KEXEC_HANDOVER_DEBUG"):
+        profile_of("6.17.1+debug")

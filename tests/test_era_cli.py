@@ -74,7 +74,7 @@ def test_machine_show_names_the_kernel() -> None:
            "0x10000000" in lines
     assert "bootmem_len:\n0x40000000\n0x20000000\n0x10000000\n" in r.stdout
     doc = json.loads(khofs("machine", "show", "--abi", "7.2.1-rc3", "--json").stdout)
-    assert doc["kernel"] == {"release": "7.2.1-rc3", "era": "7.1"}
+    assert doc["kernel"] == {"release": "7.2.1-rc3", "era": "7.1", "debug": False}
     assert "scratch_phys" in doc
     r = khofs("machine", "show", "laptop")
     assert r.stdout.splitlines()[2] == "kernel: 6.16.0 (KHO ABI era 6.16)"

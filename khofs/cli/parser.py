@@ -114,7 +114,7 @@ CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine 
 
 
 ABI_HELP = ("the emulated kernel's version: a KHO ABI era (6.16, 6.18, 6.19, 7.1, 7.4) or a "
-            "release such as 7.2.0 (default 6.16)")
+            "release such as 7.2.0, +debug for CONFIG_KEXEC_HANDOVER_DEBUG (default 6.16)")
 
 
 def _abi(text: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from khofs.engine.era import DEFAULT_PROFILE, Profile, profile_of_release
+from khofs.engine.era import DEBUG_SUFFIX, DEFAULT_PROFILE, Profile, profile_of
 from khofs.engine.kexec import Handover, Segment
 from khofs.engine.machine import Machine, Node, get_arch
 from khofs.engine.printk import LEVELS, Record
@@ -196,6 +196,7 @@ def state_to_json(state: MachineState, files: dict[str, Any]) -> dict[str, Any]:
         },
         "contents": [[phys, data.hex()] for phys, data in state.image.contents],
         "next_release": state.image.profile.release,
+        "next_debug": state.image.profile.debug,
         "records": [[boot, r.level, r.seconds, r.text] for boot, r in state.records],
     }
 
@@ -219,7 +220,8 @@ def read_state_dir(directory: Path) -> tuple[Machine, MachineState]:
     pages = _read_ram(directory / RAM_FILE, files, machine.arch.page_size)
     image = LoadedImage(_handover(get.value("handover"), f"{path}: handover"),
                         tuple(_contents(get.items("contents"), f"{path}: contents")),
-                        _profile(doc.get("next_release"), f"{path}: next_release"))
+                        _profile(doc.get("next_release"), doc.get("next_debug"),
+                                 f"{path}: next_release"))
     records = _records(get.items("records"), f"{path}: records")
     return machine, MachineState(pages, image, get.integer("boot_number"), records,
                                  get.integer("seed"))
@@ -298,14 +300,14 @@ def _handover(doc: Any, where: str) -> Handover:
                     get.integer("fdt_len"), get.integer("scratch_phys"), get.integer("scratch_len"))
 
 
-def _profile(release: Any, where: str) -> Profile:
+def _profile(release: Any, debug: Any, where: str) -> Profile:
     """The next kernel's version (absent in handovers from before the eras: 6.16.0)."""
     if release is None:
         return DEFAULT_PROFILE
-    if not isinstance(release, str):
-        raise StateDirError(f"{where}: must be a string")
+    if not isinstance(release, str) or not isinstance(debug, bool | None):
+        raise StateDirError(f"{where}: must be a string (and next_debug true or false)")
     try:
-        return profile_of_release(release)
+        return profile_of(release + (DEBUG_SUFFIX if debug else ""))
     except ValueError as e:
         raise StateDirError(f"{where}: {e}") from None
 

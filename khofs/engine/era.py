@@ -55,6 +55,7 @@ class Era:
     strict_scratch_sizes: bool  # kho_scratch=a,b,c: zero parts allowed, no trailing junk
     warn_no_scratch: bool  # "Failed to reserve scratch area, disabling kexec handover"
     bootmem: bool  # 7.4: scratch is called bootmem (debugfs files, kho_bootmem=)
+    debug_config: bool = True  # CONFIG_KEXEC_HANDOVER_DEBUG exists (6.18 on)
 
     @property
     def radix(self) -> bool:
@@ -75,7 +76,7 @@ ERA_6_16 = Era("6.16", ((6, 16), (6, 17)), "6.16.0", 0, LATE_INITCALL, 512, "tog
                restore_checks_order=False, restore_root_folio=True, map_required=False,
                blob_size=False, kexec_metadata=False, vmalloc=False, preserve_pages=False,
                unpreserve=False, strict_scratch_sizes=False, warn_no_scratch=False,
-               bootmem=False)
+               bootmem=False, debug_config=False)
 ERA_6_18 = Era("6.18", ((6, 18),), "6.18.0", 1, LATE_INITCALL, 4096, "toggle",
                notifiers=True, handover_needs_finalize=True, restore_root_folio=True,
                map_required=False, blob_size=False, kexec_metadata=False, unpreserve=False,
@@ -101,10 +102,13 @@ _RELEASE = re.compile(r"(\d+)\.(\d+)")
 
 @dataclass(frozen=True)
 class Profile:
-    """One emulated kernel: its ABI era and its release (init_uts_ns.name.release)."""
+    """One emulated kernel: its ABI era, its release (init_uts_ns.name.release), and whether
+    it was built with CONFIG_KEXEC_HANDOVER_DEBUG (6.18 on; off in a default build): then
+    preserving memory that overlaps a scratch area WARNs and fails with EINVAL."""
 
     era: Era
     release: str
+    debug: bool = False
 
     @property
     def version(self) -> tuple[int, int]:
@@ -122,7 +126,8 @@ class Profile:
         return KHO_FDT_COMPATIBLE_V3 if self.version == (7, 1) else KHO_FDT_COMPATIBLE_V4
 
     def __str__(self) -> str:
-        return f"{self.release} (KHO ABI {self.era.name})"
+        debug = ", CONFIG_KEXEC_HANDOVER_DEBUG" if self.debug else ""
+        return f"{self.release} (KHO ABI era {self.era.name}{debug})"
 
 
 DEFAULT_PROFILE = Profile(ERA_6_16, ERA_6_16.default_release)
@@ -160,14 +165,24 @@ def profile_of_release(release: str) -> Profile:
     return Profile(era, release)
 
 
+DEBUG_SUFFIX = "+debug"
+
+
 def profile_of(text: str) -> Profile:
     """`--abi` and friends: an era's name (its default release), MAJOR.MINOR (release
-    MAJOR.MINOR.0) or a whole release such as 7.2.5-custom (ValueError naming the problem)."""
-    era = ERAS.get(text)
+    MAJOR.MINOR.0) or a whole release such as 7.2.5-custom, each optionally followed by
+    `+debug` (CONFIG_KEXEC_HANDOVER_DEBUG=y); ValueError naming the problem."""
+    name, debug = text.removesuffix(DEBUG_SUFFIX), text.endswith(DEBUG_SUFFIX)
+    era = ERAS.get(name)
     if era is not None:
-        return Profile(era, era.default_release)
-    release = text + ".0" if re.fullmatch(r"\d+\.\d+", text) else text
-    problem = release_problem(release)
-    if problem:
-        raise ValueError(f"{text!r}: {problem}")
-    return profile_of_release(release)
+        profile = Profile(era, era.default_release)
+    else:
+        release = name + ".0" if re.fullmatch(r"\d+\.\d+", name) else name
+        problem = release_problem(release)
+        if problem:
+            raise ValueError(f"{text!r}: {problem}")
+        profile = profile_of_release(release)
+    if debug and not profile.era.debug_config:
+        raise ValueError(f"{text!r}: a {profile.era} kernel has no CONFIG_KEXEC_HANDOVER_DEBUG "
+                         "(it came with 6.18)")
+    return Profile(profile.era, profile.release, debug)

@@ -101,6 +101,13 @@ class KhoOutBase:
         """kho_init."""
         raise NotImplementedError
 
+    def scratch_overlap(self, phys: int, size: int) -> bool:
+        """kho_scratch_overlap (CONFIG_KEXEC_HANDOVER_DEBUG, 6.18 on; else `return false`):
+        whether [phys, phys + size) meets a scratch area of the current table. The callers
+        WARN and return -EINVAL."""
+        return self.profile.debug and any(s.addr < phys + size and phys < s.addr + s.size
+                                          for s in self.scratch)
+
     # --- preservation: the exported API every era has (signatures differ across eras
     # only where the kernel's do: see the subclasses) -----------------------------------
 
@@ -275,7 +282,9 @@ class KhoOut(KhoOutBase):
 
     def preserve_folio(self, phys: int, order: int) -> int:
         """kho_preserve_folio: keep a 2^order block (its order too) across kexec; EBUSY
-        while finalized."""
+        while finalized (6.18: after the debug build's overlap check)."""
+        if self.scratch_overlap(phys, self.ctx.mem.page_size << order):
+            return -errno.EINVAL
         if self._finalized:
             return -errno.EBUSY
         return self.track.preserve_order(phys // self.ctx.mem.page_size, order)
@@ -293,6 +302,9 @@ class KhoOut(KhoOutBase):
         """kho_preserve_pages (6.18): the nr_pages pages from the page holding phys, in
         maximal aligned blocks, rolled back on failure; EBUSY while finalized (checked for
         each block by __kho_preserve_order, so nothing is set)."""
+        if self.scratch_overlap(phys - phys % self.ctx.mem.page_size,
+                                nr_pages * self.ctx.mem.page_size):
+            return -errno.EINVAL
         if self._finalized:
             return -errno.EBUSY
         pfn = phys // self.ctx.mem.page_size

@@ -52,6 +52,8 @@ class KhoOutLive(KhoOutBase):
 
     def preserve_folio(self, phys: int, order: int) -> int:
         """kho_preserve_folio: at any time (no EBUSY from 6.19)."""
+        if self.scratch_overlap(phys, self.ctx.mem.page_size << order):
+            return -errno.EINVAL
         return self.track.preserve_order(phys // self.ctx.mem.page_size, order)
 
     def unpreserve_folio(self, phys: int, order: int) -> None:
@@ -61,6 +63,8 @@ class KhoOutLive(KhoOutBase):
     def preserve_pages(self, phys: int, nr_pages: int) -> int:
         """kho_preserve_pages: maximal aligned blocks, rolled back on failure."""
         pfn = phys // self.ctx.mem.page_size
+        if self.scratch_overlap(pfn * self.ctx.mem.page_size, nr_pages * self.ctx.mem.page_size):
+            return -errno.EINVAL
         return self.track.preserve_range(pfn, pfn + nr_pages)
 
     def unpreserve_pages(self, phys: int, nr_pages: int) -> None:

@@ -43,6 +43,8 @@ class KhoOutRadix(KhoOutLive):
 
     def preserve_folio(self, phys: int, order: int) -> int:
         """kho_preserve_folio: kho_radix_add_page."""
+        if self.scratch_overlap(phys, self.ctx.mem.page_size << order):
+            return -errno.EINVAL
         return self.tree.add_page(phys // self.ctx.mem.page_size, order)
 
     def unpreserve_folio(self, phys: int, order: int) -> None:
@@ -54,6 +56,8 @@ class KhoOutRadix(KhoOutLive):
         page = self.ctx.mem.page_size
         start = pfn = phys // page
         end = pfn + nr_pages
+        if self.scratch_overlap(start * page, nr_pages * page):
+            return -errno.EINVAL
         while pfn < end:
             order = split_blocks(pfn, end)[0][1]
             nid_of = self.ctx.nid_of

@@ -51,7 +51,7 @@ def show_text(kernel: Kernel) -> str:
     out = [f"machine {m.name}: {m.description}",
            f"arch {m.arch.name}, {readable_size(m.arch.page_size)} pages, pageblock "
            f"{readable_size(m.arch.pageblock_size)}, ARCH_LOW_ADDRESS_LIMIT {m.low_limit:#x}",
-           f"kernel: {kernel.profile.release} (KHO ABI era {kernel.era.name})",
+           f"kernel: {kernel.profile}",
            f"command line: {kernel.params.cmdline}", f"KHO: {_status(kernel)}", "",
            "memory (memblock.memory):"]
     for reg in kernel.memblock.memory.regions:
@@ -86,7 +86,8 @@ def show_json(kernel: Kernel) -> str:
                     "cpus": m.cpus, "low_limit": m.low_limit,
                     "nodes": [{"nid": n.nid, "ranges": [list(r) for r in n.ranges]}
                               for n in m.nodes]},
-        "kernel": {"release": kernel.profile.release, "era": kernel.era.name},
+        "kernel": {"release": kernel.profile.release, "era": kernel.era.name,
+                   "debug": kernel.profile.debug},
         "cmdline": kernel.params.cmdline,
         "kho": _status(kernel),
         "memory": [{"nid": r.nid, "start": r.base, "size": r.size}
