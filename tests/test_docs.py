@@ -316,6 +316,15 @@ def test_the_layer_table_is_the_docstrings() -> None:
     assert documented == rules
 
 
+def test_the_plugin_api_table_is_the_api() -> None:
+    from khofs.producers.plugin import ProducerAPI
+
+    text = (ROOT / "docs/producers.md").read_text()
+    cells = re.findall(r"^\| (`[a-z_]+[(`].*?) \|", text, re.M)
+    documented = {m for cell in cells for m in re.findall(r"`([a-z_]+)[(`]", cell)}
+    assert documented == {n for n in dir(ProducerAPI) if not n.startswith("_")}
+
+
 # --- commands and options: docs/commands.md against the parser ----------------------------
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
