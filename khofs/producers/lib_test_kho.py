@@ -8,9 +8,6 @@ and adds the sub-tree. After a kexec that handed it over (kho_test_restore) it c
 sub-FDT, restores every folio, recomputes the checksum and, only when everything matches, logs
 "test_kho: KHO restore succeeded". 6.17 has no failure line, returns without saving anew (so the
 boot after a restore hands no kho_test over) and never unpreserves anything on an error path.
-
-The second part of this file is khofs's own: the fill patterns that config producers write into
-their ranges (`fill`, `forget`) and check after a kexec, to show what preservation keeps.
 """
 
 from __future__ import annotations
