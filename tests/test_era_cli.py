@@ -4,20 +4,11 @@ and what a kernel version cannot run refused in one line before anything starts.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import is_mounted, khofs
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("khofs: ") and "Traceback" not in result.stderr
-    for w in words:
-        assert w in result.stderr, result.stderr
+from tests.helpers import is_mounted, khofs, one_line_error
 
 
 def producers(tmp_path: Path, body: str) -> str:
@@ -32,6 +23,7 @@ BLOB = '[[producer]]\nname = "raw"\nblob = "raw.bin"\n'
 ABORT = '[[producer]]\nname = "a"\ndts = "a.dts"\nfail_abort = "EIO"\n'
 
 
+@pytest.mark.mount  # `khofs mount` loads the FUSE backend before it boots anything
 @pytest.mark.parametrize(("args", "words"), [
     (["mount", "{mnt}", "--abi", "5.10"],
      ["argument --abi: '5.10': 5.10 is outside the kernels khofs emulates (6.16 to 7.4)"]),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounter, khofs, sh
+from tests.helpers import Mounter, khofs, sh
 
 pytestmark = pytest.mark.mount
 

@@ -7,7 +7,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import KHOFS
+
+pytestmark = pytest.mark.mount
+
 EXAMPLES = Path(__file__).parent.parent / "examples" / "scripts"
-KHOFS = [sys.executable, "-m", "khofs"]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 DTS = '/dts-v1/;\n/ {\n\tcompatible = "mydrv-v1";\n\tstate = <42>;\n};\n'
 

@@ -28,7 +28,7 @@ import signal
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -92,6 +92,24 @@ def _block_stop_signals() -> None:
 
 # --- the daemon's side ------------------------------------------------------------------
 
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the NUL
+
+
+@contextlib.contextmanager
+def _unix_address(path: Path) -> Iterator[str]:
+    """An address for bind/connect that names path. A path longer than sun_path is reached
+    through its directory, opened O_PATH, as /proc/self/fd/N/NAME (the kernel resolves it
+    as an ordinary path), so any runtime directory works."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield os.fspath(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 class ControlServer:
     """Listens on path; one thread per connection."""
 
@@ -108,7 +126,8 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
             old = os.umask(0o177)
             try:
-                sock.bind(os.fspath(self.path))
+                with _unix_address(self.path) as address:
+                    sock.bind(address)
             finally:
                 os.umask(old)
             os.chmod(self.path, 0o600)
@@ -253,7 +272,8 @@ def _peer_closed(conn: socket.socket) -> bool:
 def connect(path: Path, mountpoint: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(os.fspath(path))
+        with _unix_address(path) as address:
+            sock.connect(address)
     except FileNotFoundError:
         sock.close()
         raise ControlError(f"{mountpoint}: its khofs daemon is gone (no control socket "
