@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Mounter, khofs, sh
+from tests.helpers import KHOFS, Mounter, khofs, sh
 
 pytestmark = pytest.mark.mount
 
@@ -156,3 +156,17 @@ def test_next_abi_boots_every_kexec_into_that_version(mount: Mounter, producers:
     assert "KHO: exec from: 7.2.0 (count 1)" in texts
     assert "test_kho: KHO restore succeeded" in texts
     assert ls(mnt / "kho/out")[:2] == ["bootmem_len", "bootmem_phys"]
+
+
+def test_khofs_run_kexecs_into_the_version_its_image_names(tmp_path: Path) -> None:
+    """`khofs run`'s kexec reads the image's setup header too: a 7.1 kernel refuses the
+    6.18 handover and shows its own tree."""
+    image = bzimage(tmp_path / "bzImage", "7.1.0-rc2")
+    script = ("echo 1 > /sys/kernel/debug/kho/out/finalize && "
+              f"kexec -s -l {image} --reuse-cmdline && kexec -e && "
+              "ls /sys/kernel/debug/kho/out /sys/kernel/debug/kho/out/sub_fdts")
+    r = subprocess.run([*KHOFS, "run", "--abi", "6.18", "--", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("/sys/kernel/debug/kho/out:\nfdt\nscratch_len\nscratch_phys\nsub_fdts\n"
+                        "\n/sys/kernel/debug/kho/out/sub_fdts:\nkexec-metadata\n")

@@ -126,11 +126,14 @@ def _do(plan: Plan, rest: list[str]) -> int:
     return _request(plan, mount, rest[0] if plan.load else None)
 
 
-def _image_size(path: str) -> int:
-    from khofs.engine.kexec import kernel_image_size
+def _image_head(path: str) -> tuple[int, str | None]:
+    """The kernel segment's size and the release the image names (it picks the next
+    kernel's version; None: the running one)."""
+    from khofs.engine.kexec import BZIMAGE_HEAD_MAX, kernel_image_release, kernel_image_size
 
     with open(path, "rb") as f:
-        return kernel_image_size(f.read(0x264), os.fstat(f.fileno()).st_size)
+        head = f.read(BZIMAGE_HEAD_MAX)
+        return kernel_image_size(head, os.fstat(f.fileno()).st_size), kernel_image_release(head)
 
 
 def _request(plan: Plan, mount: str, kernel: str | None) -> int:
@@ -138,7 +141,7 @@ def _request(plan: Plan, mount: str, kernel: str | None) -> int:
     from khofs.daemon.state import socket_path
 
     try:
-        image = _image_size(kernel) if kernel else None
+        image, release = _image_head(kernel) if kernel else (None, None)
         initrd = _size(plan.initrd) if plan.initrd else 0
     except OSError as e:
         print(f"Failed to decompress file {e.filename}:{e.strerror}", file=sys.stderr)
@@ -147,7 +150,7 @@ def _request(plan: Plan, mount: str, kernel: str | None) -> int:
     reuse = {"append": plan.append} if plan.reuse else {"command_line": plan.append or ""}
     request = KexecRequest(load=plan.load and not plan.unload,
                            execute=plan.execute and not plan.unload, image_size=image,
-                           initrd_size=initrd, **reuse)
+                           initrd_size=initrd, image_release=release, **reuse)
     try:
         kexec(socket_path(mount), mount, request, lambda: None)
     except ControlError as e:
