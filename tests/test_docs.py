@@ -143,7 +143,7 @@ def test_every_output_and_test_block_is_paired() -> None:
 
 def test_the_readme_has_its_walk_through() -> None:
     walk = [e for e in examples() if e.path.name == "README.md"]
-    assert [e.name for e in walk] == ["walk-through"]
+    assert [e.name for e in walk] == ["walk-through", "compat"]
     script = "".join(b.text for b, _ in walk[0].steps)
     for step in ("khofs mount", "scratch_phys", "echo 1 >", "dtc -I dtb", "khofs kexec",
                  "kho/in/", "khofs umount"):
