@@ -428,3 +428,7 @@ def test_commands_md_documents_every_command_and_option() -> None:
         named = {o for text in where for code in spans(text) for o in OPTION.findall(code)}
         missing += [f"khofs {command} {o}".replace("  ", " ") for o in options - named]
     assert missing == []
+
+
+def test_the_readme_is_a_five_minute_read() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) < 150
