@@ -74,10 +74,9 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest -q
 
-# The mount tests again on the other backend: mfusepy over libfuse3.
-FUSE3_TESTS := tests/test_mount_*.py tests/test_cli.py tests/test_control.py tests/test_run*.py
+# The mount tests (pytest marker `mount`) again on the other backend: mfusepy over libfuse3.
 unit-fuse3: setup
-	KHOFS_FUSE=3 $(VENV)/bin/pytest -q $(FUSE3_TESTS)
+	KHOFS_FUSE=3 $(VENV)/bin/pytest -q -m mount
 
 test: lint unit unit-fuse3
 

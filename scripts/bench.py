@@ -6,7 +6,8 @@ serving a finalized copy of it, and that copy on tmpfs. Small files on a mount o
 machine; the 4 MiB sub-FDT and the 100-entry `sub_fdts` on a mount with 100 producers. Prints
 medians and p99 (microseconds, samples of the three interleaved in rounds), the ratios
 khofs/cfs and khofs/tmpfs, the targets (ratios to cfs), mount and unmount times, the daemons'
-RSS, then the engine's boot times and peak RSS; writes bench-results.json.
+RSS, then the engine's boot times, `khofs compat`'s time and peak RSS; writes
+bench-results.json.
 
 `--cpu N` runs everything on one CPU: no cross-CPU wake-ups, whose latency (tens of
 microseconds in a VM) otherwise dominates cfs's rows and varies from run to run; the rows
@@ -301,6 +302,13 @@ def boot_times(runs: int) -> dict[str, list[float]]:
     return out
 
 
+def compat_seconds() -> float:
+    """`khofs compat` on the default machine, start to exit: the full 5 x 5 matrix."""
+    t0 = time.perf_counter()
+    subprocess.run([*KHOFS, "compat"], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def daemon_peak_rss(machine: str) -> int:
     """VmHWM of a mounted daemon after a finalize cycle, in KiB."""
     with ExitStack() as stack:
@@ -315,6 +323,8 @@ def machine_rows(runs: int) -> list[str]:
     for name, samples in boot_times(runs).items():
         lines.append(f"  {name:26} {statistics.median(samples) / 1000:10.2f} "
                      f"{p99(samples) / 1000:9.2f}")
+    lines.append(f"{'khofs compat (5 x 5, CLI)':28} {compat_seconds():10.2f} s{'':8}"
+                 "target < 10 s")
     with tempfile.TemporaryDirectory() as d:
         big = Path(d) / "big-4n-8t.toml"
         big.write_text(BIG_MACHINE)

@@ -34,18 +34,7 @@ image=/boot/vmlinuz-$(uname -r)
 if [ ! -r "$image" ]; then
   # no kernel of ours to read: a bzImage header that passes the probes will do (it never runs)
   image=$mnt.bzImage
-  python3 - "$image" <<'PY'
-import struct, sys
-buf = bytearray(8192)
-buf[0x1F1] = 1
-struct.pack_into("<H", buf, 0x1FE, 0xAA55)
-buf[0x200:0x206] = b"\xeb\x66HdrS"
-struct.pack_into("<H", buf, 0x206, 0x020F)
-buf[0x211] = 1
-struct.pack_into("<IBxHI", buf, 0x230, 2 << 20, 1, 3, 2047)
-struct.pack_into("<I", buf, 0x260, 16 << 20)
-open(sys.argv[1], "wb").write(buf)
-PY
+  python3 "$here/examples/bzimage.py" "$image"
 fi
 run khofs run --boots 2 --producers "$here/examples/demo/producers.toml" -- \
   sh "$here/examples/demo/kexec-demo.sh" "$image"

@@ -12,34 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import is_mounted, khofs
+from tests.helpers import daemon_pid, is_mounted, khofs, one_line_error, wait_gone
 
-
-def daemon_pid(mnt: Path) -> int:
-    out = subprocess.run(["pgrep", "-f", f"khofs mount {mnt}"], capture_output=True,
-                         text=True, check=False).stdout.split()
-    assert len(out) == 1, out
-    return int(out[0])
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("khofs: ")
-    for w in words:
-        assert w in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+pytestmark = pytest.mark.mount
 
 
 @pytest.mark.parametrize("args, words", [
@@ -164,25 +139,3 @@ def test_foreground_serves_until_sigterm(tmp_path: Path) -> None:
             proc.kill()
         if is_mounted(mnt):
             khofs("umount", str(mnt))
-
-
-def test_kernel_image_size() -> None:
-    """How `khofs kexec --image` sizes the kernel segment, as the kexec image loaders do:
-    from the file's first bytes and its size."""
-    from khofs.engine.kexec import kernel_image_size
-
-    def image(size: int, patches: dict[int, bytes]) -> int:
-        data = bytearray(min(size, 0x264))
-        for off, raw in patches.items():
-            data[off:off + len(raw)] = raw
-        return kernel_image_size(bytes(data), size)
-
-    init = (64 << 20).to_bytes(4, "little")
-    assert image(0x1000, {0x202: b"HdrS", 0x260: init}) == 64 << 20
-    small = (0x800).to_bytes(4, "little")
-    assert image(0x1000, {0x202: b"HdrS", 0x260: small}) == 0x1000
-    arm = (48 << 20).to_bytes(8, "little")
-    assert image(0x1000, {56: b"ARM\x64", 16: arm}) == 48 << 20
-    assert image(0x1000, {56: b"ARM\x64"}) == 0x1000
-    assert image(12345, {}) == 12345
-    assert image(0x100, {}) == 0x100

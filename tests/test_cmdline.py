@@ -28,7 +28,7 @@ from khofs.lib.cmdline import (
     split_args,
     split_args_bytes,
 )
-from tests.test_kstrtox import (
+from tests.reference_kstrtox import (
     U64,
     mem,
     ref_kstrtobool,

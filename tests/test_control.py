@@ -18,8 +18,18 @@ from pathlib import Path
 import pytest
 
 from khofs.daemon.state import runtime_dir, socket_path
-from tests.conftest import KHOFS, Mounter, is_mounted, khofs, sh
-from tests.test_cli import daemon_pid, one_line_error, wait_gone
+from tests.helpers import (
+    KHOFS,
+    Mounter,
+    daemon_pid,
+    is_mounted,
+    khofs,
+    one_line_error,
+    sh,
+    wait_gone,
+)
+
+pytestmark = pytest.mark.mount
 
 NOBODY = 65534
 SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

@@ -20,8 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import is_mounted, khofs, sh
-from tests.test_cli import daemon_pid, wait_gone
+import pytest
+
+from tests.helpers import daemon_pid, is_mounted, khofs, sh, wait_gone
+
+pytestmark = pytest.mark.mount
 
 WAIT = 1.0  # how long a client is seen waiting on a stopped daemon
 

@@ -28,7 +28,9 @@ from khofs.daemon.fuse_edge import DebugfsOperations, FuseError
 from khofs.daemon.state import pid_path
 from khofs.debugfs.file import SeqShow
 from khofs.debugfs.inode import Debugfs
-from tests.conftest import is_mounted, khofs
+from tests.helpers import is_mounted, khofs, one_line_error
+
+pytestmark = pytest.mark.mount
 
 OUT = "kho/out"
 FUSE_UNKNOWN_INO = 0xFFFFFFFF
@@ -218,13 +220,6 @@ def run_khofs(*args: str, env: dict[str, str] | None = None,
                           timeout=60, check=False, env={**os.environ, **(env or {})})
 
 
-def one_line(r: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert r.returncode == 2, r
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("khofs: "), r.stderr
-    for word in words:
-        assert word in r.stderr, r.stderr
-
-
 @pytest.mark.parametrize("value, binding, library", [
     ("", "fusepy", "libfuse 2."), ("2", "fusepy", "libfuse 2."),
     ("3", "mfusepy", "libfuse 3."),
@@ -241,19 +236,19 @@ def test_version_names_the_backend(value: str, binding: str, library: str) -> No
 
 
 def test_unknown_backend_is_one_line(tmp_path: Path) -> None:
-    one_line(run_khofs("--version", env={"KHOFS_FUSE": "4"}), "KHOFS_FUSE=4", "2", "3")
+    one_line_error(run_khofs("--version", env={"KHOFS_FUSE": "4"}), "KHOFS_FUSE=4", "2", "3")
     (tmp_path / "m").mkdir()
-    one_line(run_khofs("mount", str(tmp_path / "m"), env={"KHOFS_FUSE": "4"}), "KHOFS_FUSE=4")
+    one_line_error(run_khofs("mount", str(tmp_path / "m"), env={"KHOFS_FUSE": "4"}), "KHOFS_FUSE=4")
     assert not is_mounted(tmp_path / "m")
 
 
 def test_missing_mfusepy_is_one_line(tmp_path: Path) -> None:
     hide = "import sys; sys.modules['mfusepy'] = None  # as if not installed"
     env = {"KHOFS_FUSE": "3"}
-    one_line(run_khofs("--version", env=env, code=hide), "mfusepy", "khofs[fuse3]")
+    one_line_error(run_khofs("--version", env=env, code=hide), "mfusepy", "khofs[fuse3]")
     (tmp_path / "m").mkdir()
     r = run_khofs("mount", str(tmp_path / "m"), env=env, code=hide)
-    one_line(r, "mfusepy is not installed")
+    one_line_error(r, "mfusepy is not installed")
     assert not is_mounted(tmp_path / "m") and not list(Path(tmp_path / "m").iterdir())
 
 
@@ -261,7 +256,7 @@ def test_missing_libfuse3_is_one_line(tmp_path: Path) -> None:
     hide = "import ctypes.util; ctypes.util.find_library = lambda name: None"
     (tmp_path / "m").mkdir()
     r = run_khofs("mount", str(tmp_path / "m"), env={"KHOFS_FUSE": "3"}, code=hide)
-    one_line(r, "libfuse3.so.3 not found", "libfuse3-3")
+    one_line_error(r, "libfuse3.so.3 not found", "libfuse3-3")
     assert not is_mounted(tmp_path / "m")
 
 
@@ -270,7 +265,7 @@ def test_non_empty_mount_point_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "file").write_text("")
     for value in ("2", "3"):
-        one_line(khofs("mount", str(tmp_path / "m"), env={**os.environ, "KHOFS_FUSE": value}),
+        one_line_error(khofs("mount", str(tmp_path / "m"), env={**os.environ, "KHOFS_FUSE": value}),
                  "not empty")
         assert not is_mounted(tmp_path / "m")
 

@@ -24,9 +24,8 @@ from hypothesis import strategies as st
 from khofs.errors import ProducersFileError
 from khofs.producers.dts import compile_dts
 from khofs.producers.producers_file import load_producers
-from tests.conftest import is_mounted, khofs
-from tests.test_cli import one_line_error
-from tests.test_kstrtox import ref_kstrtoull
+from tests.helpers import is_mounted, khofs, one_line_error
+from tests.reference_kstrtox import ref_kstrtoull
 
 ATTR_BUF_LEN = 24  # simple_attr's set_buf: at most 23 bytes are parsed
 MOUNTED = settings(max_examples=1000, deadline=None,
@@ -88,6 +87,7 @@ interesting = st.one_of(
 )
 
 
+@pytest.mark.mount
 @MOUNTED
 @given(data=interesting, cuts=st.lists(st.integers(1, 299), max_size=3),
        rdwr=st.booleans(), trunc=st.booleans(), start=st.booleans())
@@ -254,6 +254,7 @@ def mount_refused(tmp_path: Path, toml: bytes, files: dict[str, bytes], *words: 
             khofs("umount", str(mnt))
 
 
+@pytest.mark.mount
 @END_TO_END
 @given(kind=st.sampled_from(["toml", "dts", "dtb"]), junk=st.binary(max_size=35))
 def test_mount_refuses_fuzzed_producer_files(tmp_path: Path, kind: str, junk: bytes) -> None:
@@ -267,6 +268,7 @@ def test_mount_refuses_fuzzed_producer_files(tmp_path: Path, kind: str, junk: by
         mount_refused(tmp_path, DTB_TOML, {"x.dtb": VALID_DTB[:4] + junk}, "x.dtb")
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("toml, files, words", [
     (b"\xff\xfe[[producer]]\n", {}, ["producers.toml"]),
     (DTS_TOML, {"x.dts": b"/dts-v1/;\n/ { x = \"\xff\"; };\n"}, ["x.dts"]),

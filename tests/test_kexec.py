@@ -7,24 +7,22 @@ import struct
 
 import libfdt
 
-from khofs.engine.kexec import KexecBuf, Segment, kexec_file_load, locate_mem_hole
+from khofs.engine.kernel import Kernel
+from khofs.engine.kexec import (
+    KexecBuf,
+    Segment,
+    kernel_image_size,
+    kexec_file_load,
+    locate_mem_hole,
+)
 from khofs.engine.machine import MiB
 from khofs.engine.memblock import Memblock
 from khofs.engine.memtrack import split_blocks
 from khofs.engine.system import System
-from khofs.machines.presets import MACHINES
-from khofs.producers.dts import compile_dts
 from khofs.producers.spec import ProducerSpec
-from tests.helpers import boot_kernel, boot_system
-from tests.test_kho import decode_map, read_blob
+from tests.helpers import SUB, boot_lines, boot_system, decode_map, kexec_next, read_blob
 
-SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; value = <1 2>; };')
 KEPT = (0x100000000, 0x200000)
-
-
-def system(*producers: ProducerSpec, machine: str = "laptop", cmdline: str = "kho=on"
-           ) -> System:
-    return boot_system(MACHINES[machine], cmdline, producers)
 
 
 def test_bottom_up_and_top_down_skip_placed_segments() -> None:
@@ -43,14 +41,13 @@ def test_load_fails_with_eaddrnotavail_when_nothing_fits() -> None:
     assert err == -errno.EADDRNOTAVAIL and [s.what for s in placed] == ["small"]
 
 
-def test_segments_land_in_scratch_in_table_order() -> None:
-    s = system()
-    assert s.kexec_load() == (0, "")
-    assert s.loaded is not None
-    segs = s.loaded.handover.segments
+def test_segments_land_in_scratch_in_table_order(system: System) -> None:
+    assert system.kexec_load() == (0, "")
+    assert system.loaded is not None
+    segs = system.loaded.handover.segments
     assert [x.what for x in segs] == ["KHO scratch table", "purgatory",
                                       "boot params and command line", "kernel"]
-    lowmem = s.kernel.scratch[0]
+    lowmem = system.kernel.scratch[0]
     for seg in segs:  # everything fits in the first (lowmem) area
         assert lowmem.addr <= seg.mem and seg.end <= lowmem.addr + lowmem.size
     table = segs[0]  # 48 bytes, a page once placed: top-down, 64 KiB aligned
@@ -61,26 +58,25 @@ def test_segments_land_in_scratch_in_table_order() -> None:
             assert a is b or a.end <= b.mem or b.end <= a.mem
 
 
-def test_image_too_big_for_scratch_changes_nothing() -> None:
-    s = system()
-    biggest = max(a.size for a in s.kernel.scratch)
-    err, msg = s.kexec_load(image_size=biggest + MiB)
+def test_image_too_big_for_scratch_changes_nothing(system: System) -> None:
+    biggest = max(a.size for a in system.kernel.scratch)
+    err, msg = system.kexec_load(image_size=biggest + MiB)
     assert (err, msg) == (-errno.EADDRNOTAVAIL,
                           "kexec_file_load failed: Cannot assign requested address")
-    assert s.loaded is None and s.kernel.boot_number == 1
-    assert s.kexec_execute() == (-errno.EINVAL, "Nothing has been loaded!")
+    assert system.loaded is None and system.kernel.boot_number == 1
+    assert system.kexec_execute() == (-errno.EINVAL, "Nothing has been loaded!")
 
 
 def finalize_and_kexec(s: System) -> tuple[bytes, bytes]:
     k = s.kernel
     assert k.kho.finalize_set(1) == 0
     root, sub = read_blob(k, "/kho/out/fdt"), read_blob(k, "/kho/out/sub_fdts/alpha")
-    assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
+    kexec_next(s, finalize=False)
     return root, sub
 
 
 def test_next_kernel_sees_the_handover_and_reserves_preserved_memory() -> None:
-    s = system(ProducerSpec("alpha", SUB, preserve=(KEPT,)))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB, preserve=(KEPT,))])
     scratch = s.kernel.scratch
     assert s.kernel.kho.finalize_set(1) == 0
     root, sub = read_blob(s.kernel, "/kho/out/fdt"), read_blob(s.kernel, "/kho/out/sub_fdts/alpha")
@@ -105,7 +101,7 @@ def test_next_kernel_sees_the_handover_and_reserves_preserved_memory() -> None:
 
 
 def test_unpreserved_memory_is_scrubbed_preserved_memory_kept() -> None:
-    s = system(ProducerSpec("alpha", SUB, preserve=(KEPT,)))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB, preserve=(KEPT,))])
     s.mem.write(KEPT[0], b"kept")
     lost = 0x110000000
     s.mem.write(lost, b"lost")
@@ -115,7 +111,7 @@ def test_unpreserved_memory_is_scrubbed_preserved_memory_kept() -> None:
 
 
 def test_three_chained_kexecs() -> None:
-    s = system(ProducerSpec("alpha", SUB))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB)])
     for boot in (2, 3, 4):
         root, sub = finalize_and_kexec(s)
         assert s.kernel.boot_number == boot
@@ -126,30 +122,28 @@ def test_three_chained_kexecs() -> None:
     assert found == [2, 3, 4]
 
 
-def test_kexec_without_finalize_hands_over_an_empty_page() -> None:
-    s = system()
-    fdt_phys = s.kernel.kho.ser.fdt_phys if s.kernel.kho.ser else 0
-    assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
-    texts = [r.text for b, r in s.records if b == 2]
+def test_kexec_without_finalize_hands_over_an_empty_page(system: System) -> None:
+    fdt_phys = system.kernel.kho.ser.fdt_phys if system.kernel.kho.ser else 0
+    assert system.kexec_load() == (0, "") and system.kexec_execute() == (0, "")
+    texts = boot_lines(system, 2)
     assert f"KHO: setup: handover FDT (0x{fdt_phys:x}) is invalid: -9" in texts
     assert "KHO: disabling KHO revival: -22" in texts
-    assert s.kernel.kho_in is None and s.kernel.debugfs.lookup("/kho/in") is None
-    assert s.kernel.kho_enabled  # a cold-style boot: fresh scratch areas
+    assert system.kernel.kho_in is None and system.kernel.debugfs.lookup("/kho/in") is None
+    assert system.kernel.kho_enabled  # a cold-style boot: fresh scratch areas
 
 
 def test_kexec_after_abort_revives_the_stale_tree() -> None:
     """6.16 hands over the root FDT page whatever its state: after finalize and abort it
     still holds the old tree, so the next kernel takes it (with a freed memory map)."""
-    s = system(ProducerSpec("alpha", SUB))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB)])
     assert s.kernel.kho.finalize_set(1) == 0 and s.kernel.kho.finalize_set(0) == 0
     assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
     assert s.kernel.kho_in is not None
     assert s.kernel.debugfs.lookup("/kho/in/sub_fdts/alpha") is not None
 
 
-def test_incompatible_root_is_refused() -> None:
-    s = system()
-    k = s.kernel
+def test_incompatible_root_is_refused(system: System) -> None:
+    k = system.kernel
     assert k.kho.ser is not None
     sw = libfdt.FdtSw()
     sw.finish_reservemap()
@@ -157,15 +151,15 @@ def test_incompatible_root_is_refused() -> None:
     sw.property_string("compatible", "kho-v2")
     sw.end_node()
     blob = bytes(sw.as_fdt().as_bytearray())
-    s.mem.write(k.kho.ser.fdt_phys, blob[:struct.unpack(">I", blob[4:8])[0]])
-    assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
-    texts = [r.text for b, r in s.records if b == 2]
+    system.mem.write(k.kho.ser.fdt_phys, blob[:struct.unpack(">I", blob[4:8])[0]])
+    assert system.kexec_load() == (0, "") and system.kexec_execute() == (0, "")
+    texts = boot_lines(system, 2)
     assert any(t.endswith("is incompatible with 'kho-v1': 1") for t in texts)
     assert "KHO: disabling KHO revival: -22" in texts
 
 
 def test_kho_off_in_the_next_kernel_still_reserves_preserved_memory() -> None:
-    s = system(ProducerSpec("alpha", SUB, preserve=(KEPT,)))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB, preserve=(KEPT,))])
     assert s.kernel.kho.finalize_set(1) == 0
     assert s.kexec_load(cmdline="quiet") == (0, "") and s.kexec_execute() == (0, "")
     k = s.kernel
@@ -174,7 +168,7 @@ def test_kho_off_in_the_next_kernel_still_reserves_preserved_memory() -> None:
 
 
 def test_next_kernel_allocates_boot_memory_only_in_scratch() -> None:
-    s = system(ProducerSpec("alpha", SUB))
+    s = boot_system(drivers=[ProducerSpec("alpha", SUB)])
     finalize_and_kexec(s)
     k = s.kernel
     areas = [(a.addr, a.addr + a.size) for a in k.scratch]
@@ -192,46 +186,37 @@ def test_memblock_kho_scratch_only_restricts_allocations() -> None:
     assert mb.phys_alloc(0x200000, 0x1000) == 0
 
 
-def test_cold_kernel_has_no_kho_in() -> None:
-    k = boot_kernel(MACHINES["laptop"])
-    assert k.kho_in is None and k.debugfs.lookup("/kho/in") is None
-
-
-def test_reserve_mem_region_is_revived_at_the_same_address() -> None:
-    s = system(cmdline="kho=on reserve_mem=4M:2M:trace")
-    (before,) = s.kernel.reserved_mem
-    finalize_and_kexec_no_sub(s)
-    k = s.kernel
-    assert k.reserved_mem == [before]
-    texts = [r.text for b, r in s.records if b == 2]
-    assert "Revived memory reservation 'trace' from KHO" in texts
-    assert k.debugfs.lookup("/kho/in/sub_fdts/memblock") is not None
-    name, start, size = before
-    assert any(r.base <= start and start + size <= r.end for r in k.memblock.reserved.regions)
-
-
-def finalize_and_kexec_no_sub(s: System) -> None:
-    assert s.kernel.kho.finalize_set(1) == 0
-    assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
+def test_cold_kernel_has_no_kho_in(kernel: Kernel) -> None:
+    assert kernel.kho_in is None and kernel.debugfs.lookup("/kho/in") is None
 
 
 def test_a_forgotten_page_is_found_corrupted_after_kexec() -> None:
     forgot = (0x110000000, 0x1000)
-    s = system(ProducerSpec("alpha", SUB, preserve=(KEPT,), fill=True, forget=(forgot,)),
-               ProducerSpec("beta", SUB, preserve=((0x120000000, 0x4000),), fill=True))
+    s = boot_system(drivers=[
+        ProducerSpec("alpha", SUB, preserve=(KEPT,), fill=True, forget=(forgot,)),
+        ProducerSpec("beta", SUB, preserve=((0x120000000, 0x4000),), fill=True)])
     finalize_and_kexec(s)
-    texts = [r.text for b, r in s.records if b == 2]
+    texts = boot_lines(s, 2)
     assert "khofs: producer beta: preserved memory intact" in texts
     assert any(t.startswith("khofs: producer alpha: preserved memory corrupted at 0x1100000")
                for t in texts)
 
 
-def test_kho_test_restores_after_every_second_kexec() -> None:
-    """lib/test_kho.c (6.17) restores and does not save again: the kexec after a restore
-    carries no kho_test, and the boot after it saves afresh."""
-    s = system(ProducerSpec("kho_test", b"", builtin="kho_test"))
-    for _ in range(3):
-        finalize_and_kexec_no_sub(s)
-    lines = [(b, r.text) for b, r in s.records if r.text.startswith("test_kho: ")]
-    assert lines == [(2, "test_kho: KHO restore succeeded"),
-                     (4, "test_kho: KHO restore succeeded")]
+def test_kernel_image_size() -> None:
+    """How `khofs kexec --image` sizes the kernel segment, as the kexec image loaders do:
+    from the file's first bytes and its size."""
+    def image(size: int, patches: dict[int, bytes]) -> int:
+        data = bytearray(min(size, 0x264))
+        for off, raw in patches.items():
+            data[off:off + len(raw)] = raw
+        return kernel_image_size(bytes(data), size)
+
+    init = (64 << 20).to_bytes(4, "little")
+    assert image(0x1000, {0x202: b"HdrS", 0x260: init}) == 64 << 20
+    small = (0x800).to_bytes(4, "little")
+    assert image(0x1000, {0x202: b"HdrS", 0x260: small}) == 0x1000
+    arm = (48 << 20).to_bytes(8, "little")
+    assert image(0x1000, {56: b"ARM\x64", 16: arm}) == 48 << 20
+    assert image(0x1000, {56: b"ARM\x64"}) == 0x1000
+    assert image(12345, {}) == 12345
+    assert image(0x100, {}) == 0x100

@@ -10,7 +10,7 @@ import pytest
 
 from khofs.engine.kernel import Kernel
 from khofs.engine.kho_out import KEXEC_KHO_FINALIZE
-from khofs.engine.memtrack import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS, split_blocks
+from khofs.engine.memtrack import CHUNK_HDR, PRESERVE_BITS, split_blocks
 from khofs.engine.notifier import (
     NOTIFY_BAD,
     NOTIFY_DONE,
@@ -20,36 +20,9 @@ from khofs.engine.notifier import (
     notifier_to_errno,
 )
 from khofs.producers.config_producer import ConfigProducer
-from khofs.producers.dts import compile_dts
 from khofs.producers.spec import ProducerSpec
-from tests.helpers import LAPTOP, boot_kernel
+from tests.helpers import SUB, boot_kernel, children, decode_map, drivers_of, read_blob
 from tests.oracle import kho_root
-
-SUB = compile_dts('/dts-v1/; / { compatible = "test-v1"; value = <1 2>; };')
-
-
-def boot(*producers: ProducerSpec, cmdline: str = "kho=on") -> Kernel:
-    return boot_kernel(LAPTOP, cmdline, producers)
-
-
-def config_producers(k: Kernel) -> list[ConfigProducer]:
-    return [p for p in k.drivers if isinstance(p, ConfigProducer)]
-
-
-def read_blob(k: Kernel, path: str) -> bytes:
-    d = k.debugfs.lookup(path)
-    assert d is not None and d.fops is not None
-    f = d.fops.open(d)
-    assert not isinstance(f, int)
-    out = f.read(1 << 20, 0)
-    assert isinstance(out, bytes)
-    return out
-
-
-def names(k: Kernel, path: str) -> list[str]:
-    d = k.debugfs.lookup(path)
-    assert d is not None
-    return sorted(d.children)
 
 
 def test_notifier_errno_encoding() -> None:
@@ -80,102 +53,86 @@ def test_chain_runs_in_priority_then_registration_order_and_stops() -> None:
 
 
 def test_kho_off_has_no_tree() -> None:
-    k = boot(cmdline="kho_scratch=50%")
+    k = boot_kernel(cmdline="kho_scratch=50%")
     assert not k.kho_enabled and k.debugfs.lookup("/kho") is None
 
 
-def test_finalize_state_machine() -> None:
-    k = boot()
-    kho = k.kho
-    assert names(k, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
+def test_finalize_state_machine(kernel: Kernel) -> None:
+    kho = kernel.kho
+    assert children(kernel, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
     assert kho.finalize_get() == (0, 0)
     assert kho.finalize_set(0) == -errno.ENOENT
     assert kho.finalize_set(1) == 0 and kho.finalize_get() == (0, 1)
     assert kho.finalize_set(5) == -errno.EEXIST
-    assert "fdt" in names(k, "/kho/out")
-    assert kho.finalize_set(0) == 0 and "fdt" not in names(k, "/kho/out")
+    assert "fdt" in children(kernel, "/kho/out")
+    assert kho.finalize_set(0) == 0 and "fdt" not in children(kernel, "/kho/out")
 
 
 def test_root_fdt_is_libfdt_bytes_and_sub_fdt_served() -> None:
-    k = boot(ProducerSpec("alpha", SUB), ProducerSpec("beta", SUB))
+    k = boot_kernel(drivers=[ProducerSpec("alpha", SUB), ProducerSpec("beta", SUB)])
     assert k.kho.finalize_set(1) == 0
     root = read_blob(k, "/kho/out/fdt")
     (map_phys,) = struct.unpack("<Q", libfdt.Fdt(root).getprop(0, "preserved-memory-map"))
-    subs = [(p.spec.name, p.fdt_phys) for p in config_producers(k)]
+    subs = [(p.spec.name, p.fdt_phys) for p in drivers_of(k, ConfigProducer)]
     assert root == kho_root(map_phys, subs)
     assert read_blob(k, "/kho/out/sub_fdts/alpha") == SUB
     assert all(not s.addr <= p <= s.addr + s.size for s in k.scratch for _, p in subs)
 
 
-def decode_map(k: Kernel, first: int) -> list[tuple[int, int]]:
-    """Walk the chunk list as the next kernel's kho_mem_deserialize does."""
-    blocks, chunk = [], first
-    while chunk:
-        nxt, order, n = CHUNK_HDR.unpack(k.mem.read(chunk, CHUNK_HDR.size))
-        for i in range(n):
-            start, bitmap = CHUNK_ELM.unpack(
-                k.mem.read(chunk + CHUNK_HDR.size + i * CHUNK_ELM.size, CHUNK_ELM.size))
-            bits = int.from_bytes(k.mem.read(bitmap, PRESERVE_BITS // 8), "little")
-            for b in range(PRESERVE_BITS):
-                if bits >> b & 1:
-                    blocks.append((start + (b << (order + 12)), order))
-        chunk = nxt
-    return sorted(blocks, key=lambda x: (x[1], x[0]))
-
-
 def test_memory_map_lists_root_page_sub_fdt_and_ranges() -> None:
     ranges = ((0x100000000, 0x200000), (0x100203000, 0x5000))
-    k = boot(ProducerSpec("alpha", SUB, preserve=ranges))
+    k = boot_kernel(drivers=[ProducerSpec("alpha", SUB, preserve=ranges)])
     assert k.kho.finalize_set(1) == 0
     root = libfdt.Fdt(read_blob(k, "/kho/out/fdt"))
     (first,) = struct.unpack("<Q", root.getprop(0, "preserved-memory-map"))
-    expected = [(k.kho.ser.fdt_phys if k.kho.ser else 0, 0), (config_producers(k)[0].fdt_phys, 0)]
+    (alpha,) = drivers_of(k, ConfigProducer)
+    expected = [(k.kho.ser.fdt_phys if k.kho.ser else 0, 0), (alpha.fdt_phys, 0)]
     for phys, size in ranges:
         expected += [(pfn << 12, o) for pfn, o in split_blocks(phys >> 12, (phys + size) >> 12)]
     assert decode_map(k, first) == sorted(expected, key=lambda x: (x[1], x[0]))
 
 
-def test_preserve_rules() -> None:
-    k = boot()
-    assert k.kho.preserve_phys(0x1000, 0x800) == -errno.EINVAL
-    assert k.kho.preserve_phys(0x1001, 0x1000) == -errno.EINVAL
-    assert k.kho.finalize_set(1) == 0
-    assert k.kho.preserve_phys(0x1000, 0x1000) == -errno.EBUSY
-    assert k.kho.preserve_folio(0x1000, 0) == -errno.EBUSY
+def test_preserve_rules(kernel: Kernel) -> None:
+    assert kernel.kho.preserve_phys(0x1000, 0x800) == -errno.EINVAL
+    assert kernel.kho.preserve_phys(0x1001, 0x1000) == -errno.EINVAL
+    assert kernel.kho.finalize_set(1) == 0
+    assert kernel.kho.preserve_phys(0x1000, 0x1000) == -errno.EBUSY
+    assert kernel.kho.preserve_folio(0x1000, 0) == -errno.EBUSY
 
 
 def test_failed_finalize_keeps_blobs_and_retry_is_stuck_with_eexist() -> None:
-    k = boot(ProducerSpec("alpha", SUB), ProducerSpec("beta", SUB, fail_finalize=errno.EBUSY))
+    k = boot_kernel(drivers=[ProducerSpec("alpha", SUB),
+                             ProducerSpec("beta", SUB, fail_finalize=errno.EBUSY)])
     assert k.kho.finalize_set(1) == -errno.EBUSY
     assert k.kho.finalize_get() == (0, 0)
-    assert names(k, "/kho/out/sub_fdts") == ["alpha"]
-    assert "fdt" not in names(k, "/kho/out")
+    assert children(k, "/kho/out/sub_fdts") == ["alpha"]
+    assert "fdt" not in children(k, "/kho/out")
     assert k.kho.finalize_set(1) == -errno.EEXIST  # alpha's blob is still there
     assert any("Failed to convert KHO state tree: -17" in t for t in k.log.texts())
 
 
 def test_duplicate_names_fail_with_eexist() -> None:
-    k = boot(ProducerSpec("same", SUB), ProducerSpec("same", SUB))
+    k = boot_kernel(drivers=[ProducerSpec("same", SUB), ProducerSpec("same", SUB)])
     assert k.kho.finalize_set(1) == -errno.EEXIST
 
 
 def test_full_root_page_is_esrch() -> None:
     specs = [ProducerSpec(f"producer-with-a-long-name-{i:03d}", SUB) for i in range(120)]
-    k = boot(*specs)
+    k = boot_kernel(drivers=specs)
     assert k.kho.finalize_set(1) == -errno.ESRCH  # -FDT_ERR_NOSPACE (3), OR-ed
     assert k.kho.finalize_get() == (0, 0)
 
 
 def test_abort_failure_keeps_finalized_but_forgets_preservations() -> None:
-    k = boot(ProducerSpec("alpha", SUB, fail_abort=errno.EIO))
+    k = boot_kernel(drivers=[ProducerSpec("alpha", SUB, fail_abort=errno.EIO)])
     assert k.kho.finalize_set(1) == 0
     assert k.kho.finalize_set(0) == -errno.EIO
-    assert k.kho.finalize_get() == (0, 1) and "fdt" in names(k, "/kho/out")
+    assert k.kho.finalize_get() == (0, 1) and "fdt" in children(k, "/kho/out")
     assert k.kho.track.orders == {}
     assert any("Failed to abort KHO finalization: -5" in t for t in k.log.texts())
 
 
-def test_finalize_event_passes_serialization() -> None:
+def test_finalize_event_passes_serialization(kernel: Kernel) -> None:
     seen: list[object] = []
 
     class Nb:
@@ -186,23 +143,21 @@ def test_finalize_event_passes_serialization() -> None:
                 seen.append(data)
             return NOTIFY_DONE
 
-    k = boot()
-    k.kho.register_notifier(Nb())
-    assert k.kho.finalize_set(1) == 0
-    assert seen == [k.kho.ser]
+    kernel.kho.register_notifier(Nb())
+    assert kernel.kho.finalize_set(1) == 0
+    assert seen == [kernel.kho.ser]
 
 
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 600])
-def test_chunks_split_at_255_bitmaps(n: int) -> None:
-    k = boot()
+def test_chunks_split_at_255_bitmaps(n: int, kernel: Kernel) -> None:
     for i in range(n):  # one order-0 page in each of n different bitmaps
-        assert k.kho.preserve_folio(0x100000000 + i * PRESERVE_BITS * 4096, 0) == 0
-    assert k.kho.finalize_set(1) == 0
-    root = libfdt.Fdt(read_blob(k, "/kho/out/fdt"))
+        assert kernel.kho.preserve_folio(0x100000000 + i * PRESERVE_BITS * 4096, 0) == 0
+    assert kernel.kho.finalize_set(1) == 0
+    root = libfdt.Fdt(read_blob(kernel, "/kho/out/fdt"))
     (first,) = struct.unpack("<Q", root.getprop(0, "preserved-memory-map"))
     counts, chunk = [], first
     while chunk:
-        chunk, _order, num = CHUNK_HDR.unpack(k.mem.read(chunk, CHUNK_HDR.size))
+        chunk, _order, num = CHUNK_HDR.unpack(kernel.mem.read(chunk, CHUNK_HDR.size))
         counts.append(num)
     total = n + 1  # the root page shares no bitmap with them
     assert sum(counts) == total and all(c <= 255 for c in counts)

@@ -1,5 +1,7 @@
 """The package layout: no import circles, and each package imports only the layers its
-`__init__` docstring names (its line `Imports: ...`)."""
+`__init__` docstring names (its line `Imports: ...`). And the tests' own: no test module
+imports another or conftest (shared helpers live in tests/helpers.py), and a test that takes a
+mount fixture is marked `mount`."""
 
 from __future__ import annotations
 
@@ -128,3 +130,75 @@ def test_only_the_fuse_edge_imports_a_fuse_binding() -> None:
     importers = sorted(_module_name(p) for p in ROOT.rglob("*.py")
                        if binding.search(p.read_text()))
     assert importers == ["khofs.daemon.fuse_edge"]
+
+
+# --- the tests' own layout -------------------------------------------------------------
+
+TESTS = Path(__file__).parent
+MOUNT_FIXTURES = {"mount", "mnt", "kho"}  # conftest's and the khofs plugin's mounts
+
+
+def _imported_test_modules(source: str) -> list[str]:
+    """The test modules and conftest a tests/ file imports (absolute or relative)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ("tests." if node.level else "") + (node.module or "")
+            names = [base] + [f"{base.rstrip('.')}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if (len(parts) == 2 and parts[0] == "tests"
+                    and (parts[1].startswith("test_") or parts[1] == "conftest")):
+                found.append(parts[1])
+    return sorted(set(found))
+
+
+def test_no_test_module_imports_another_or_conftest() -> None:
+    wrong = {p.name: found for p in sorted(TESTS.glob("*.py"))
+             if (found := _imported_test_modules(p.read_text()))}
+    assert wrong == {}
+
+
+def test_the_import_check_sees_test_imports() -> None:
+    assert _imported_test_modules("from tests.test_cli import one_line_error\n"
+                                  "import tests.conftest\nfrom . import test_kho\n"
+                                  "from tests.helpers import sh\nfrom tests import oracle\n"
+                                  ) == ["conftest", "test_cli", "test_kho"]
+
+
+def _marks_mount(decorators: list[ast.expr]) -> bool:
+    """One of these is pytest.mark.mount."""
+    return any(isinstance(d, ast.Attribute) and d.attr == "mount"
+               and isinstance(d.value, ast.Attribute) and d.value.attr == "mark"
+               for d in decorators)
+
+
+def _unmarked_mount_tests(source: str) -> list[str]:
+    """Tests that take a mount fixture but are not marked `mount`, on their own or by the
+    module's `pytestmark`."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if (isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)
+                and _marks_mount([node.value])):
+            return []
+    return [node.name for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+            and MOUNT_FIXTURES & {a.arg for a in node.args.args}
+            and not _marks_mount(node.decorator_list)]
+
+
+def test_tests_that_mount_are_marked_mount() -> None:
+    wrong = {p.name: found for p in sorted(TESTS.glob("test_*.py"))
+             if (found := _unmarked_mount_tests(p.read_text()))}
+    assert wrong == {}
+
+
+def test_the_mark_check_sees_unmarked_tests() -> None:
+    source = ("import pytest\n\n@pytest.mark.mount\ndef test_a(mnt): pass\n\n"
+              "def test_b(tmp_path, mount): pass\n\ndef test_c(kernel): pass\n")
+    assert _unmarked_mount_tests(source) == ["test_b"]
+    assert _unmarked_mount_tests("import pytest\npytestmark = pytest.mark.mount\n" + source) == []

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from khofs.engine.boot import Reservation, boot_reservations
+from khofs.engine.boot import boot_reservations
 from khofs.engine.crash_reserve import CrashKernel, parse_crashkernel
+from khofs.engine.kernel import Kernel
 from khofs.engine.machine import X86_64, Arch, GiB, KiB, Machine, MiB, arm64
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ANYWHERE,
@@ -74,30 +75,21 @@ def test_reserved_kern_size_clips_at_limit_and_filters_nodes() -> None:
     assert mb.reserved_kern_size(ANYWHERE, 0) == 0x1000
 
 
-def boot_only(machine: Machine) -> tuple[Memblock, list[Reservation]]:
-    mb = Memblock(machine.arch.page_size)
-    for node in machine.nodes:
-        for start, end in node.ranges:
-            mb.add(start, end - start, node.nid)
-    return mb, boot_reservations(machine, mb, BootParams(), Printk())
+# A boot with KHO off stops where kho_reserve_scratch would start: memblock holds the RAM and
+# the boot reservations, nothing of KHO.
+KHO_OFF = "kho=off"
 
 
-def booted(machine: Machine, scratch: ScratchParams | None = None
-           ) -> tuple[Memblock, list[KhoScratch] | None]:
-    mb, _ = boot_only(machine)
-    return mb, kho_reserve_scratch(machine, mb, scratch or ScratchParams())
-
-
-def test_laptop_scratch_table() -> None:
-    _, areas = booted(MACHINES["laptop"])
-    assert areas == [KhoScratch(0x6B400000, 0xCC00000), KhoScratch(0x44AE00000, 0x23600000),
-                     KhoScratch(0x42A800000, 0x20600000)]
+def test_laptop_scratch_table(kernel: Kernel) -> None:
+    assert kernel.scratch == [KhoScratch(0x6B400000, 0xCC00000),
+                              KhoScratch(0x44AE00000, 0x23600000),
+                              KhoScratch(0x42A800000, 0x20600000)]
 
 
 def test_small_machine_has_an_empty_global_area() -> None:
     """Every boot allocation of a 1 GiB machine is below 4 GiB: the u64 subtraction in
     scratch_size_update wraps by less than a pageblock and round_up brings it to 0."""
-    mb, _ = boot_only(MACHINES["qemu-vmtest"])
+    mb = boot_kernel(MACHINES["qemu-vmtest"], KHO_OFF).memblock
     k = mb.reserved_kern_size(ANYWHERE, NUMA_NO_NODE)
     assert k == mb.reserved_kern_size(0xFFFFFFFF, NUMA_NO_NODE)
     areas = kho_reserve_scratch(MACHINES["qemu-vmtest"], mb, ScratchParams())
@@ -108,7 +100,7 @@ def test_small_machine_has_an_empty_global_area() -> None:
 def test_failed_scratch_frees_everything_and_disables() -> None:
     """kho_scratch=1T,1T,1T on a 16 GiB machine: nothing is left reserved for KHO."""
     machine = MACHINES["laptop"]
-    mb, _ = boot_only(machine)
+    mb = boot_kernel(machine, KHO_OFF).memblock
     before = regions(mb)
     huge = ScratchParams(scale=0, lowmem=1 << 40, global_=1 << 40, pernode=1 << 40)
     assert kho_reserve_scratch(machine, mb, huge) is None
@@ -135,7 +127,8 @@ def test_scratch_invariants(node_gib: list[int], cpus: int, scale: int, arch: Ar
     """Either every area is placed by the rules, or (as when the global area, allocated
     top-down anywhere, takes a small last node's room) nothing stays reserved."""
     machine = random_machine(node_gib, cpus, arch)
-    mb, reservations = boot_only(machine)
+    k = boot_kernel(machine, KHO_OFF)
+    mb, reservations = k.memblock, k.reservations
     before = regions(mb)
     areas = kho_reserve_scratch(machine, mb, ScratchParams(scale=scale))
     if areas is None:
@@ -186,9 +179,9 @@ def test_scratch_sizes_follow_the_formula(node_gib: list[int], cpus: int, scale:
 
 
 def test_page_allocator_avoids_scratch_and_reservations() -> None:
-    machine = MACHINES["qemu-vmtest"]
-    mb, areas = booted(machine)
-    assert areas is not None
+    k = boot_kernel(MACHINES["qemu-vmtest"])
+    mb, areas = k.memblock, k.scratch
+    assert areas
     pages = PageAllocator(mb, areas, 4096)
     taken = [pages.alloc_pages(order) for order in (0, 3, 0, 9, 1)]
     for phys, order in zip(taken, (0, 3, 0, 9, 1), strict=True):

@@ -11,7 +11,9 @@ from pathlib import Path
 import libfdt
 import pytest
 
-from tests.conftest import sh
+from tests.helpers import sh, write_errno
+
+pytestmark = pytest.mark.mount
 
 OUT = "kho/out"
 
@@ -22,14 +24,6 @@ def write_once(path: Path, data: bytes, flags: int = os.O_WRONLY) -> int:
         return os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def errno_of(path: Path, data: bytes) -> int:
-    try:
-        write_once(path, data)
-    except OSError as e:
-        return e.errno or 0
-    return 0
 
 
 def test_read_finalize(mnt: Path) -> None:
@@ -72,7 +66,7 @@ def test_selftest_two_byte_write_on_rdwr(mnt: Path) -> None:
 ])
 def test_write_parsing(mnt: Path, data: bytes, err: int) -> None:
     fin = mnt / OUT / "finalize"
-    assert errno_of(fin, data) == err
+    assert write_errno(fin, data) == err
     assert fin.read_bytes() == (b"1\n" if err == 0 else b"0\n")
 
 
@@ -187,7 +181,7 @@ def test_concurrent_writers_one_wins(mnt: Path) -> None:
     lock = threading.Lock()
 
     def writer() -> None:
-        err = errno_of(fin, b"1\n")
+        err = write_errno(fin, b"1\n")
         with lock:
             results.append(err)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounter, is_mounted, khofs, sh
-from tests.test_mount_producers import ALPHA_AND_BETA
-from tests.test_mount_producers import producers as write_producers
+from tests.helpers import ALPHA_AND_BETA, Mounter, is_mounted, khofs, sh, write_producers
+
+pytestmark = pytest.mark.mount
 
 FOUND = "KHO: found kexec handover data. Will skip init for some devices"
 LINE = re.compile(r"\[boot (\d+)\] \[ *\d+\.\d{6}\] (.*)")

@@ -7,7 +7,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import is_mounted, khofs, sh
+import pytest
+
+from tests.helpers import is_mounted, khofs, sh
+
+pytestmark = pytest.mark.mount
 
 SERVER_PHYS = "0x6b400000\n0x5cbb800000\n0x2e3d800000\n0x5b39e00000\n"
 SERVER_LEN = "0xcc00000\n0x303800000\n0x181a00000\n0x181a00000\n"

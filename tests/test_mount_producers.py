@@ -5,60 +5,23 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import libfdt
+import pytest
 
-from tests.conftest import sh
+from tests.helpers import ALPHA_AND_BETA, sh, write_errno, write_producers
 from tests.oracle import kho_root
 
+pytestmark = pytest.mark.mount
+
 OUT = "kho/out"
-DTS = """/dts-v1/;
-/ {
-	compatible = "alpha-v1";
-	count = <3>;
-	node { label = "x"; bytes = [01 02 03]; };
-};
-"""
-
-
-ALPHA_AND_BETA = """
-[[producer]]
-name = "alpha"
-dts = "alpha.dts"
-preserve = ["0x100000000+2M"]
-
-[[producer]]
-name = "beta"
-dtb = "beta.dtb"
-"""
-
-
-def producers(tmp_path: Path, body: str) -> str:
-    (tmp_path / "alpha.dts").write_text(DTS)
-    subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "beta.dtb"),
-                    str(tmp_path / "alpha.dts")], check=True, capture_output=True)
-    path = tmp_path / "producers.toml"
-    path.write_text(body)
-    return str(path)
-
-
-def write_errno(path: Path, data: bytes) -> int:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, data)
-    except OSError as e:
-        return e.errno or 0
-    finally:
-        os.close(fd)
-    return 0
 
 
 def test_sub_fdts_published_and_root_is_libfdt_bytes(mount: Callable[..., Path],
                                                        tmp_path: Path) -> None:
-    cfg = producers(tmp_path, ALPHA_AND_BETA)
+    cfg = write_producers(tmp_path, ALPHA_AND_BETA)
     mnt = mount("--producers", cfg)
     assert os.listdir(mnt / OUT / "sub_fdts") == []
     assert sh(f"echo 1 > {mnt}/kho/out/finalize").returncode == 0
@@ -82,7 +45,7 @@ def test_sub_fdts_published_and_root_is_libfdt_bytes(mount: Callable[..., Path],
 
 def test_failed_finalize_leaves_blobs_and_sticks(mount: Callable[..., Path],
                                                  tmp_path: Path) -> None:
-    cfg = producers(tmp_path, """
+    cfg = write_producers(tmp_path, """
 [[producer]]
 name = "alpha"
 dts = "alpha.dts"
@@ -105,14 +68,14 @@ fail_finalize = "EBUSY"
 def test_full_root_page_gives_esrch(mount: Callable[..., Path], tmp_path: Path) -> None:
     body = "".join(f'[[producer]]\nname = "a-rather-long-producer-name-{i:03d}"\n'
                    'dts = "alpha.dts"\n' for i in range(120))
-    mnt = mount("--producers", producers(tmp_path, body))
+    mnt = mount("--producers", write_producers(tmp_path, body))
     r = sh(f"echo 1 > {mnt}/kho/out/finalize", shell="bash")
     assert r.returncode == 1 and "write error: No such process" in r.stderr  # ESRCH
     assert (mnt / OUT / "finalize").read_bytes() == b"0\n"
 
 
 def test_abort_failure_stays_finalized(mount: Callable[..., Path], tmp_path: Path) -> None:
-    cfg = producers(tmp_path, '[[producer]]\nname = "alpha"\ndts = "alpha.dts"\n'
+    cfg = write_producers(tmp_path, '[[producer]]\nname = "alpha"\ndts = "alpha.dts"\n'
                               'fail_abort = "EIO"\n')
     mnt = mount("--producers", cfg)
     fin = mnt / OUT / "finalize"
@@ -123,7 +86,7 @@ def test_abort_failure_stays_finalized(mount: Callable[..., Path], tmp_path: Pat
 
 def test_unaligned_preserve_fails_finalize_with_einval(mount: Callable[..., Path],
                                                        tmp_path: Path) -> None:
-    cfg = producers(tmp_path, '[[producer]]\nname = "alpha"\ndts = "alpha.dts"\n'
+    cfg = write_producers(tmp_path, '[[producer]]\nname = "alpha"\ndts = "alpha.dts"\n'
                               'preserve = ["0x100000800+4K"]\n')
     mnt = mount("--producers", cfg)
     assert write_errno(mnt / OUT / "finalize", b"1") == errno.EINVAL

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import is_mounted, khofs, sh
+from tests.helpers import is_mounted, khofs, sh
+
+pytestmark = pytest.mark.mount
 
 OUT = "kho/out"
 

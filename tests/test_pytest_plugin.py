@@ -6,6 +6,8 @@ import pytest
 
 from khofs.cli.pytest_plugin import Kho
 
+pytestmark = pytest.mark.mount
+
 DTS = '/dts-v1/;\n/ {\n\tcompatible = "mydrv-v1";\n};\n'
 
 

@@ -164,3 +164,26 @@ def test_reboot_past_the_last_boot(sc: Scratch, user: list[str] | None) -> None:
 def test_kexec_is_the_systems(sc: Scratch) -> None:
     r = run(sc, "command -v kexec; KEXEC --version")
     assert r.stdout == f"{Path(KEXEC)}\nkexec-tools 2.0.25\n"
+
+
+def versioned(release: str) -> bytes:
+    """A bzImage whose setup header names release (kernel_version at 0x20E)."""
+    image = bytearray(bzimage())
+    image[0x20E:0x210] = (0x100).to_bytes(2, "little")
+    text = f"{release} (builder@host) #1 SMP".encode() + b"\0"
+    image[0x300:0x300 + len(text)] = text
+    return bytes(image)
+
+
+def test_the_image_names_the_next_kernels_version(sc: Scratch) -> None:
+    old = sc.file("old", versioned("5.10.0-28-amd64"))
+    new = sc.file("new", versioned("6.18.2-1-amd64"))
+    script = (f"[ -d /sys/kernel/debug/kho/in ] && {{ dmesg | grep -c 'found kexec handover'; "
+              f"exit; }}; KEXEC -s -l {old}; echo old=$?; dmesg | tail -1 | cut -d] -f2; "
+              f"echo 1 > /sys/kernel/debug/kho/out/finalize; "
+              f"KEXEC -s -l {new} --reuse-cmdline && KEXEC -e")
+    r = run(sc, script, "--boots", "2")
+    # EINVAL, which kexec-tools takes for a missing syscall; then 6.18, which hands over
+    assert r.stdout == ("old=253\n khofs: kexec: the image is Linux 5.10.0-28-amd64; khofs "
+                        "emulates 6.16 to 7.4\n1\n")
+    assert r.stderr == "syscall kexec_file_load not available.\n"

@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import is_mounted, khofs
+import pytest
+
+from tests.helpers import is_mounted, khofs
+
+pytestmark = pytest.mark.mount
 
 STRESS = str(Path(__file__).resolve().parent.parent / "scripts" / "stress.py")
 MOUNTED = re.compile(r"^stress: mounted (\S+) \(daemon (\d+)\)", re.M)

@@ -5,7 +5,8 @@
 Every boot reads the counter from the page the previous kernel handed over (sub-tree
 "counter", whose property "page" holds the page's address), adds one and logs it; a boot
 without that sub-tree (a cold boot, or a kexec without finalize) starts again from 1.
-On finalize the page is preserved and the sub-tree added, so `kexec` carries it over.
+The page is preserved and the sub-tree added, so `kexec` carries it over: on finalize in
+kernels with KHO notifiers (6.16, 6.18), at once in later ones (`--abi 6.19` and on).
 """
 
 from __future__ import annotations
@@ -46,5 +47,7 @@ def counter(api: ProducerAPI) -> int | None:
         fdt = api.make_fdt("khofs,counter-v1", page=U64.pack(phys))
         return api.add_subtree(NAME, fdt)
 
-    api.on_finalize(finalize)
-    return None
+    if api.notifiers:
+        api.on_finalize(finalize)
+        return None
+    return finalize()

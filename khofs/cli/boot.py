@@ -12,6 +12,7 @@ from khofs.cli.parser import Usage
 
 if TYPE_CHECKING:
     from khofs.engine.driver import Initcall
+    from khofs.engine.era import Profile
     from khofs.engine.kernel import Kernel
     from khofs.engine.system import System
     from khofs.producers.plugin import PluginFactory
@@ -54,6 +55,23 @@ def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
     return boot_table(drivers)
 
 
+def profile_arg(text: str | None) -> Profile:
+    """--abi and --next-abi (already checked by the parser)."""
+    from khofs.engine.era import DEFAULT_PROFILE, profile_of
+
+    return profile_of(text) if text is not None else DEFAULT_PROFILE
+
+
+def check_table(args: argparse.Namespace, initcalls: list[Initcall], *profiles: Profile) -> None:
+    """Producers the kernel versions asked for cannot run: one line naming the file."""
+    from khofs.engine.driver import initcall_problem
+
+    for profile in profiles:
+        problem = initcall_problem(initcalls, profile)
+        if problem:
+            raise Usage(f"{args.producers}: {problem}")
+
+
 def boot_kernel(args: argparse.Namespace) -> Kernel:
     """One boot of the machine, not mounted (`khofs machine show`)."""
     from khofs.engine.kernel import Kernel
@@ -62,7 +80,8 @@ def boot_kernel(args: argparse.Namespace) -> Kernel:
 
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid())
+    return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid(),
+                  profile=profile_arg(args.abi))
 
 
 def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) -> System:
@@ -72,17 +91,23 @@ def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) 
     from khofs.machines.load import load_machine
 
     initcalls = boot_table_of(args)
+    next_profile = profile_arg(args.next_abi) if args.next_abi is not None else None
     if args.boot_from is not None:
-        return _system_from(args, initcalls)
+        return _system_from(args, initcalls, next_profile)
+    profile = profile_arg(args.abi)
+    check_table(args, initcalls, profile, *([next_profile] if next_profile else []))
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
     cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
     uid, gid = owner or (os.getuid(), os.getgid())
-    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=uid, gid=gid)
+    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=uid, gid=gid,
+                  profile=profile, next_profile=next_profile)
 
 
-def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
+def _system_from(args: argparse.Namespace, initcalls: list[Initcall],
+                 next_profile: Profile | None) -> System:
     """--boot-from DIR: the machine as DIR describes it, booted with its handover. The
-    command line is the one kexec loaded, and the seed the previous daemon's."""
+    command line and the kernel version are the ones kexec loaded, and the seed the previous
+    daemon's."""
     from khofs.daemon.ramimage import machine_difference, read_state_dir
     from khofs.engine.system import System
     from khofs.machines.load import load_machine
@@ -90,7 +115,12 @@ def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
     if args.cmdline is not None:
         raise Usage("--cmdline and --boot-from: the next kernel's command line is the one "
                     "`khofs kexec` loaded (use its --append or --command-line)")
+    if args.abi is not None:
+        raise Usage("--abi and --boot-from: the next kernel's version is the one `khofs "
+                    "kexec` loaded (use its --abi, or the mount's --next-abi)")
     machine, state = read_state_dir(Path(args.boot_from))
+    check_table(args, initcalls, state.image.profile,
+                *([next_profile] if next_profile else []))
     given = load_machine(args.machine_arg) if args.machine_arg is not None else None
     diff = machine_difference(given, machine) if given is not None else []
     if diff:
@@ -100,7 +130,7 @@ def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
         raise Usage(f"--seed {args.seed}: {args.boot_from} was written with seed "
                     f"{state.seed}")
     return System(machine, state.image.handover.cmdline, initcalls, seed=state.seed,
-                  uid=os.getuid(), gid=os.getgid(), state=state)
+                  uid=os.getuid(), gid=os.getgid(), state=state, next_profile=next_profile)
 
 
 def warn_kho_off(kernel: Kernel) -> None:
@@ -108,6 +138,8 @@ def warn_kho_off(kernel: Kernel) -> None:
         print(f"khofs: KHO is off on the kernel command line {kernel.params.cmdline!r}, as a "
               "kernel would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
     elif not kernel.kho_enabled:
-        print("khofs: KHO was disabled during boot: a scratch area could not be allocated "
-              "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory",
+        said = ("6.16 logs nothing" if not kernel.era.warn_no_scratch else
+                "logged as \"KHO: Failed to reserve scratch area, disabling kexec handover\"")
+        print(f"khofs: KHO was disabled during boot: a scratch area could not be allocated "
+              f"({said}; `khofs machine show` shows the sizes): no kho/ directory",
               file=sys.stderr)

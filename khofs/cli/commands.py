@@ -1,13 +1,27 @@
-"""`khofs mount`, `run`, `umount` and `machine show`: what boots and serves a machine."""
+"""`khofs mount`, `run`, `umount`, `compat` and `machine show`: what boots and serves a
+machine."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from khofs.cli.boot import boot_kernel, check_mountpoint, make_system, warn_kho_off
+from khofs.cli.boot import (
+    DEFAULT_CMDLINE,
+    DEFAULT_MACHINE,
+    boot_kernel,
+    check_mountpoint,
+    make_system,
+    warn_kho_off,
+)
 from khofs.cli.parser import Usage
+
+if TYPE_CHECKING:
+    from khofs.producers.compat import Cell
+    from khofs.producers.spec import ProducerSpec
+    from khofs.producers.table import DriverFactory
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -49,6 +63,59 @@ def cmd_run(args: argparse.Namespace) -> int:
                    root=args.root, debug=args.debug)
     except RunError as e:
         raise Usage(str(e)) from None
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    """khofs compat: the matrix; exit 0 whatever the cells say."""
+    import json
+
+    from khofs.cli.boot import profile_arg
+    from khofs.engine.driver import initcall_problem
+    from khofs.engine.era import ERAS
+    from khofs.machines.load import load_machine
+    from khofs.producers.compat import DEFAULT_REGION, compat_matrix
+    from khofs.producers.lib_test_kho import KhoTest
+    from khofs.producers.producers_file import load_producers
+    from khofs.producers.table import boot_table
+
+    names = args.eras or list(ERAS)
+    profiles = [profile_arg(name) for name in names]
+    machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
+    cmdline = machine.cmdline or DEFAULT_CMDLINE
+    drivers: list[ProducerSpec | DriverFactory]
+    if args.producers:
+        drivers = list(load_producers(args.producers))
+        for profile in profiles:
+            problem = initcall_problem(boot_table(drivers), profile)
+            if problem:
+                raise Usage(f"{args.producers}: {problem}")
+    else:
+        drivers, cmdline = [KhoTest], f"{cmdline} {DEFAULT_REGION}"
+    cells = compat_matrix(machine, cmdline, drivers, profiles)
+    if args.json:
+        doc = {"machine": machine.name, "cmdline": cmdline, "eras": names,
+               "cells": [{"from": a, "to": b, "outcome": cell.token, "reason": cell.reason}
+                         for a, row in zip(names, cells, strict=True)
+                         for b, cell in zip(names, row, strict=True)]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    sys.stdout.write(compat_text(names, cells))
+    return 0
+
+
+def compat_text(names: list[str], cells: list[list[Cell]]) -> str:
+    """The matrix (a header of the TO versions, a line per FROM version), then a line per
+    cell with its reason."""
+    width = max(len(x) for x in [r"FROM \ TO", *names, *(c.token for row in cells
+                                                            for c in row)]) + 2
+    lines = ["".join(x.ljust(width) for x in [r"FROM \ TO", *names]).rstrip()]
+    lines += ["".join(x.ljust(width) for x in [a, *(c.token for c in row)]).rstrip()
+              for a, row in zip(names, cells, strict=True)]
+    lines.append("")
+    lines += [f"{a} -> {b}: {cell.token}: {cell.reason}"
+              for a, row in zip(names, cells, strict=True)
+              for b, cell in zip(names, row, strict=True)]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_machine_show(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ def build_parser() -> Parser:
     lg.add_argument("mountpoint")
     lg.add_argument("-f", "--follow", action="store_true",
                     help="wait for new lines until Ctrl-C or the daemon stops")
+    _compat_parser(sub)
     ms = sub.add_parser("machine", help="the emulated machines").add_subparsers(
         dest="machine_command", required=True, parser_class=Parser)
     show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
@@ -72,8 +73,21 @@ def build_parser() -> Parser:
     show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
                       help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
     show.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    show.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
+
+
+def _compat_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    c = sub.add_parser("compat", help="a live update from each kernel version to each, and "
+                       "what the next kernel made of the handover")
+    c.add_argument("eras", nargs="*", type=_abi, metavar="ERA|RELEASE",
+                   help="the versions, as rows and columns (default: 6.16 6.18 6.19 7.1 7.4)")
+    c.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers (default: "
+                   "test_kho and a reserve_mem region)")
+    c.add_argument("--machine", default=None, dest="machine_arg",
+                   help="a preset, host, or a machine file (default laptop)")
+    c.add_argument("--json", action="store_true", help="JSON for scripts")
 
 
 def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -83,7 +97,10 @@ def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     line.add_argument("--append", metavar="STRING",
                       help="the current command line, a space, then STRING")
     line.add_argument("--command-line", metavar="STRING", help="exactly STRING")
-    k.add_argument("--image", metavar="FILE", help="the kernel image (sizes its segment)")
+    k.add_argument("--image", metavar="FILE", help="the kernel image (sizes its segment; an "
+                   "x86 bzImage's version string chooses the next kernel)")
+    k.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE",
+                   help="the next kernel's version, whatever the image says")
     k.add_argument("--initrd", metavar="FILE", help="the initrd (sizes its segment)")
     stage = k.add_mutually_exclusive_group()
     stage.add_argument("--load-only", action="store_true", help="kexec -l: load, no reboot")
@@ -117,9 +134,27 @@ CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine 
                 "cmdline, else kho=on)")
 
 
+ABI_HELP = ("the emulated kernel's version: a KHO ABI era (6.16, 6.18, 6.19, 7.1, 7.4) or a "
+            "release such as 7.2.0, +debug for CONFIG_KEXEC_HANDOVER_DEBUG (default 6.16)")
+
+
+def _abi(text: str) -> str:
+    """An --abi value, checked now (the daemon gets the text)."""
+    from khofs.engine.era import profile_of
+
+    try:
+        profile_of(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _boot_options(p: argparse.ArgumentParser) -> None:
     """What boots the emulated kernel and how it is served: shared by mount and run."""
     _machine_options(p)
+    p.add_argument("--next-abi", type=_abi, default=None, metavar="ERA|RELEASE",
+                   help="the version every kexec boots, whatever its image says (khofs kexec "
+                   "--abi still overrides it)")
     p.add_argument("--producers", metavar="FILE", help="TOML file of KHO producers")
     p.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=[],
                    help="a KHO user written in Python (repeatable)")
@@ -136,3 +171,4 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine", default=None, dest="machine_arg",
                    help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
     p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    p.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)

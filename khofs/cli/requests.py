@@ -46,12 +46,15 @@ def cmd_kexec(args: argparse.Namespace) -> int:
                            or args.image or args.initrd):
         raise Usage("--exec-only boots what is loaded: it takes no --append, --command-line, "
                     "--image or --initrd")
+    if args.exec_only and args.abi is not None:
+        raise Usage("--exec-only boots what is loaded: it takes no --abi")
     to = os.path.abspath(args.to) if args.to else None
+    image_size, release = _image_head(args.image) if args.image else (None, None)
     request = KexecRequest(
         load=load, execute=not args.load_only, append=args.append,
-        command_line=args.command_line,
-        image_size=_image_size(args.image) if args.image else None,
-        initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to)
+        command_line=args.command_line, image_size=image_size,
+        initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to,
+        abi=args.abi, image_release=release)
     try:
         mountpoint, sock = _control(args.mountpoint)
         kexec(sock, mountpoint, request, lambda: _wait_unmounted(args.mountpoint))
@@ -103,14 +106,16 @@ def _file_size(path: str) -> int:
         raise Usage(f"{path}: {e.strerror or e}") from None
 
 
-def _image_size(path: str) -> int:
-    from khofs.engine.kexec import kernel_image_size
+def _image_head(path: str) -> tuple[int, str | None]:
+    """The kernel segment's size and the release the image names (None: it names none)."""
+    from khofs.engine.kexec import BZIMAGE_HEAD_MAX, kernel_image_release, kernel_image_size
 
     try:
         with open(path, "rb") as f:
-            size = kernel_image_size(f.read(0x264), os.fstat(f.fileno()).st_size)
+            head = f.read(BZIMAGE_HEAD_MAX)
+            size = kernel_image_size(head, os.fstat(f.fileno()).st_size)
     except OSError as e:
         raise Usage(f"{path}: {e.strerror or e}") from None
     if not size:
         raise Usage(f"{path}: empty, not a kernel image")
-    return size
+    return size, kernel_image_release(head)

@@ -8,7 +8,8 @@ line, and the refusal goes to the daemon's log.
 The protocol is one JSON object per line, each way:
 
     {"op": "kexec", "load": bool, "exec": bool, "append": str|null, "command_line": str|null,
-     "image_size": int|null, "initrd_size": int, "to": str|null}
+     "image_size": int|null, "initrd_size": int, "to": str|null,
+     "abi": str|null, "image_release": str|null}
         -> {"status": 0} | {"status": 1, "error": "one line"}
     {"op": "log", "follow": bool}
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
@@ -27,7 +28,7 @@ import signal
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -54,6 +55,8 @@ class KexecRequest:
     image_size: int | None = None  # None: the machine's kernel_size
     initrd_size: int = 0
     to: str | None = None
+    abi: str | None = None  # --abi: the next kernel's version, whatever the image says
+    image_release: str | None = None  # the release in the image's header, if it has one
 
 
 class ControlTarget(Protocol):
@@ -89,6 +92,24 @@ def _block_stop_signals() -> None:
 
 # --- the daemon's side ------------------------------------------------------------------
 
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the NUL
+
+
+@contextlib.contextmanager
+def _unix_address(path: Path) -> Iterator[str]:
+    """An address for bind/connect that names path. A path longer than sun_path is reached
+    through its directory, opened O_PATH, as /proc/self/fd/N/NAME (the kernel resolves it
+    as an ordinary path), so any runtime directory works."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield os.fspath(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 class ControlServer:
     """Listens on path; one thread per connection."""
 
@@ -105,7 +126,8 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
             old = os.umask(0o177)
             try:
-                sock.bind(os.fspath(self.path))
+                with _unix_address(self.path) as address:
+                    sock.bind(address)
             finally:
                 os.umask(old)
             os.chmod(self.path, 0o600)
@@ -208,11 +230,13 @@ def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
 
     sizes_ok = all(req.get(k) is None or _is_u64(req.get(k))
                    for k in ("image_size", "initrd_size"))
-    if not (sizes_ok and all(opt(k, str) for k in ("append", "command_line", "to"))
+    strings = ("append", "command_line", "to", "abi", "image_release")
+    if not (sizes_ok and all(opt(k, str) for k in strings)
             and all(isinstance(req.get(k), bool) for k in ("load", "exec"))):
         return None
     return KexecRequest(req["load"], req["exec"], req.get("append"), req.get("command_line"),
-                        req.get("image_size"), req.get("initrd_size") or 0, req.get("to"))
+                        req.get("image_size"), req.get("initrd_size") or 0, req.get("to"),
+                        req.get("abi"), req.get("image_release"))
 
 
 def _is_u64(value: object) -> bool:
@@ -248,7 +272,8 @@ def _peer_closed(conn: socket.socket) -> bool:
 def connect(path: Path, mountpoint: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(os.fspath(path))
+        with _unix_address(path) as address:
+            sock.connect(address)
     except FileNotFoundError:
         sock.close()
         raise ControlError(f"{mountpoint}: its khofs daemon is gone (no control socket "
@@ -301,7 +326,7 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
     doc = {"op": "kexec", "load": request.load, "exec": request.execute,
            "append": request.append, "command_line": request.command_line,
            "image_size": request.image_size, "initrd_size": request.initrd_size,
-           "to": request.to}
+           "to": request.to, "abi": request.abi, "image_release": request.image_release}
     with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
         _request(sock, doc, mountpoint)
         for _ in _messages(f, mountpoint):

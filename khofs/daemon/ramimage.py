@@ -11,7 +11,9 @@ the previous state or no handover at all, never one that --boot-from would accep
   address order, its u64 address and its page_size bytes.
 - `handover.json`: the size and SHA-256 of both files, then what kexec passes on: the loaded
   image's command line, segments, FDT and scratch table addresses, the bytes the purgatory
-  copies, the boot number of the kernel that loaded it, the seed and the log so far.
+  copies, the next kernel's release (`next_release`, which names its KHO ABI era; a
+  handover without it boots 6.16.0), the boot number of the kernel that loaded it, the seed
+  and the log so far.
 
 Every problem reading a directory is a StateDirError whose message is one line naming the file.
 """
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from khofs.engine.era import DEBUG_SUFFIX, DEFAULT_PROFILE, Profile, profile_of
 from khofs.engine.kexec import Handover, Segment
 from khofs.engine.machine import Machine, Node, get_arch
 from khofs.engine.printk import LEVELS, Record
@@ -192,6 +195,8 @@ def state_to_json(state: MachineState, files: dict[str, Any]) -> dict[str, Any]:
             "scratch_phys": h.scratch_phys, "scratch_len": h.scratch_len,
         },
         "contents": [[phys, data.hex()] for phys, data in state.image.contents],
+        "next_release": state.image.profile.release,
+        "next_debug": state.image.profile.debug,
         "records": [[boot, r.level, r.seconds, r.text] for boot, r in state.records],
     }
 
@@ -214,7 +219,9 @@ def read_state_dir(directory: Path) -> tuple[Machine, MachineState]:
     machine = machine_from_json(machine_doc, str(directory / MACHINE_FILE))
     pages = _read_ram(directory / RAM_FILE, files, machine.arch.page_size)
     image = LoadedImage(_handover(get.value("handover"), f"{path}: handover"),
-                        tuple(_contents(get.items("contents"), f"{path}: contents")))
+                        tuple(_contents(get.items("contents"), f"{path}: contents")),
+                        _profile(doc.get("next_release"), doc.get("next_debug"),
+                                 f"{path}: next_release"))
     records = _records(get.items("records"), f"{path}: records")
     return machine, MachineState(pages, image, get.integer("boot_number"), records,
                                  get.integer("seed"))
@@ -291,6 +298,18 @@ def _handover(doc: Any, where: str) -> Handover:
         segments.append(Segment(seg.text("what"), seg.integer("mem"), seg.integer("memsz")))
     return Handover(get.text("cmdline"), tuple(segments), get.integer("fdt_phys"),
                     get.integer("fdt_len"), get.integer("scratch_phys"), get.integer("scratch_len"))
+
+
+def _profile(release: Any, debug: Any, where: str) -> Profile:
+    """The next kernel's version (absent in handovers from before the eras: 6.16.0)."""
+    if release is None:
+        return DEFAULT_PROFILE
+    if not isinstance(release, str) or not isinstance(debug, bool | None):
+        raise StateDirError(f"{where}: must be a string (and next_debug true or false)")
+    try:
+        return profile_of(release + (DEBUG_SUFFIX if debug else ""))
+    except ValueError as e:
+        raise StateDirError(f"{where}: {e}") from None
 
 
 def _contents(items: list[Any], where: str) -> list[tuple[int, bytes]]:

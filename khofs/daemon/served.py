@@ -6,6 +6,7 @@ Every FUSE call and every kexec takes `lock`, so a call sees one kernel's tree, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from khofs.daemon import ramimage
 from khofs.daemon.control import KexecRequest
 from khofs.debugfs.inode import Debugfs
+from khofs.engine.era import profile_of
 from khofs.engine.printk import Record
 from khofs.engine.system import MachineState, System, format_record
 
@@ -82,7 +84,14 @@ class ServedSystem:
             if request.append is not None:
                 # kexec-tools' concat_cmdline: the reused command line, a space, the append
                 cmdline = f"{self.system.kernel.params.cmdline} {request.append}"
-            return self.system.kexec_load(cmdline, request.image_size, request.initrd_size)
+            profile = None
+            if request.abi is not None:
+                try:
+                    profile = profile_of(request.abi)
+                except ValueError as e:
+                    return -errno.EINVAL, f"--abi {e}"
+            return self.system.kexec_load(cmdline, request.image_size, request.initrd_size,
+                                          profile, request.image_release)
 
     def _hand_over_at_stop(self, to: str | None) -> tuple[int, str]:
         """kexec -l with --to: the loaded image goes to DIR when this daemon is stopped
@@ -148,7 +157,8 @@ class ServedSystem:
         old = self.system
         self.logger.error("khofs: cannot hand over: %s; booting the next kernel here", problem)
         self.system = System(old.machine, state.image.handover.cmdline, old.initcalls,
-                             uid=old.uid, gid=old.gid, log_sink=self._log_sink, state=state)
+                             uid=old.uid, gid=old.gid, log_sink=self._log_sink, state=state,
+                             next_profile=old.next_profile)
         return f"cannot hand over: {problem} (the next kernel booted in this mount instead)"
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+from khofs.engine.era import ERA_6_16, Era
 from khofs.engine.params import BootParams, ReserveMem, ScratchParams
 from khofs.engine.printk import Printk
 from khofs.lib.cmdline import (
@@ -78,9 +79,12 @@ def _parse_scratch_scale(raw: bytes, scratch: ScratchParams, log: Printk) -> int
     return 0
 
 
-def _parse_scratch_sizes(raw: bytes, scratch: ScratchParams, log: Printk) -> int:
-    """The "lowmem,global,pernode" form: three memparse sizes, each non-zero (after the
-    suffix shift wraps at 2**64) and each consuming at least one character."""
+def _parse_scratch_sizes(raw: bytes, scratch: ScratchParams, log: Printk,
+                         strict: bool = False) -> int:
+    """The "lowmem,global,pernode" form: three memparse sizes, each consuming at least one
+    character. 6.16: each non-zero (after the suffix shift wraps at 2**64), and anything
+    after the third is ignored. 6.18 on (`strict`): a part may be 0 but not all (their
+    size_t sum wraps too), and nothing may follow the third."""
     sizes: list[int] = []
     pos = 0
     for i in range(3):
@@ -89,12 +93,14 @@ def _parse_scratch_sizes(raw: bytes, scratch: ScratchParams, log: Printk) -> int
                 return -errno.EINVAL
             pos += 1
         size, used = memparse(raw[pos:])
-        if not size or not used:
+        if not used or (not size and not strict):
             return -errno.EINVAL
         sizes.append(size)
         pos += used
+    if strict and (not sum(sizes) % (1 << 64) or raw[pos:]):
+        return -errno.EINVAL
     # 6.16 quirk: nothing looks at raw[pos:], so "1G,1G,1Gjunk" or "1G,1G,1G,4G" is
-    # accepted with the first three sizes (a later kernel added an `if (*p)` check).
+    # accepted with the first three sizes (6.18 added the `if (*p)` check).
     scratch.lowmem, scratch.global_, scratch.pernode = sizes
     scratch.scale = 0
     log.notice(f"KHO: scratch areas: lowmem: {scratch.lowmem >> 20}MiB "
@@ -111,7 +117,7 @@ def kho_parse_scratch_size(p: str | None, params: BootParams, log: Printk) -> in
         return -errno.EINVAL
     if raw.endswith(b"%"):
         return _parse_scratch_scale(raw, params.scratch, log)
-    return _parse_scratch_sizes(raw, params.scratch, log)
+    return _parse_scratch_sizes(raw, params.scratch, log, params.era.strict_scratch_sizes)
 
 
 # --- mm/memblock.c ------------------------------------------------------------------------
@@ -169,9 +175,16 @@ SETUP_PARAMS: tuple[tuple[str, SetupHandler], ...] = (
 )
 
 
+def early_params(era: Era) -> tuple[tuple[str, EarlyHandler], ...]:
+    """The era's early_params: 7.4 renamed kho_scratch= to kho_bootmem=."""
+    if era.bootmem:
+        return (("kho", kho_parse_enable), ("kho_bootmem", kho_parse_scratch_size))
+    return EARLY_PARAMS
+
+
 def do_early_param(param: str, val: str | None, params: BootParams, log: Printk) -> None:
     """do_early_param: run every early_param whose name parameq-matches."""
-    for name, handler in EARLY_PARAMS:
+    for name, handler in early_params(params.era):
         if parameq(param, name) and handler(val, params, log) != 0:
             log.warn(f"Malformed early option '{param}'")
 
@@ -186,9 +199,10 @@ def obsolete_checksetup(param: str, val: str | None, params: BootParams, log: Pr
     return False
 
 
-def parse_cmdline(cmdline: str, log: Printk) -> BootParams:
-    """Both passes over `cmdline`, logging what the kernel logs, in the kernel's order."""
-    params = BootParams(cmdline=cmdline)
+def parse_cmdline(cmdline: str, log: Printk, era: Era = ERA_6_16) -> BootParams:
+    """Both passes over `cmdline`, logging what the kernel logs, in the kernel's order, as
+    the era's kernel reads it."""
+    params = BootParams(cmdline=cmdline, era=era)
     for param, val in split_args(cmdline):
         do_early_param(param, val, params, log)
     # printk's %s stops at a NUL, as the kernel's copy of the command line does

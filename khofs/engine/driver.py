@@ -9,21 +9,21 @@ initcalls comes from above (khofs.producers), as the kernel's come from the link
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from khofs.engine.era import Profile
+from khofs.engine.initlevel import DEVICE_INITCALL, FS_INITCALL, LATE_INITCALL
 from khofs.engine.kho_in import KhoIn
-from khofs.engine.kho_out import KhoOut
+from khofs.engine.kho_out import KhoOutBase
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Printk
 from khofs.engine.slab import Kmalloc, PageSource
 
-# include/linux/init.h: the initcall levels khofs runs, lowest first.
-FS_INITCALL = 5
-DEVICE_INITCALL = 6  # module_init of a built-in driver
-LATE_INITCALL = 7
+__all__ = ["DEVICE_INITCALL", "FS_INITCALL", "LATE_INITCALL", "Driver", "DriverContext",
+           "Initcall", "initcall_problem"]
 
 
 class DriverContext(Protocol):
@@ -46,7 +46,9 @@ class DriverContext(Protocol):
     @property
     def kho_enabled(self) -> bool: ...
     @property
-    def kho(self) -> KhoOut: ...
+    def kho(self) -> KhoOutBase: ...
+    @property
+    def profile(self) -> Profile: ...
     @property
     def kho_in(self) -> KhoIn | None: ...
     @property
@@ -63,7 +65,18 @@ class Driver(Protocol):
 
 @dataclass(frozen=True)
 class Initcall:
-    """One entry of the boot table: a driver made afresh for each boot, at `level`."""
+    """One entry of the boot table: a driver made afresh for each boot, at `level`. `check`
+    says why a kernel version could not run it ('' when it can): asked before booting one."""
 
     level: int
     make: Callable[[], Driver]
+    check: Callable[[Profile], str] | None = None
+
+
+def initcall_problem(table: Sequence[Initcall], profile: Profile) -> str:
+    """The first reason in the table why `profile` cannot boot it, or ''."""
+    for call in table:
+        problem = call.check(profile) if call.check is not None else ""
+        if problem:
+            return problem
+    return ""

@@ -3,7 +3,11 @@
 start_kernel: parse_early_param -> setup_arch (memblock, kho_populate when kexec'd with a
 handover, boot reservations) -> mm_core_init (kho_memory_init: the old scratch table and
 preserved memory, or kho_reserve_scratch on a cold boot; memblock_free_all) -> the initcalls,
-level by level (drivers' module_init; kho_init as a late_initcall builds kho/ in debugfs).
+level by level (drivers' module_init; kho_init builds kho/ in debugfs: a late_initcall in
+6.16 and 6.18, an fs_initcall from 6.19).
+
+Each boot is one kernel version (a Profile: its KHO ABI era and its release): the era decides
+how the command line, the handover and KHO's debugfs are read and built.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from collections.abc import Callable, Sequence
 from khofs.debugfs.inode import Debugfs
 from khofs.engine.boot import boot_reservations
 from khofs.engine.cmdline import parse_cmdline
-from khofs.engine.driver import LATE_INITCALL, Driver, Initcall
+from khofs.engine.driver import Driver, Initcall
+from khofs.engine.era import DEFAULT_PROFILE, Profile
 from khofs.engine.kexec import Handover
 from khofs.engine.kho_in import KhoIn, kho_memory_init, kho_populate
-from khofs.engine.kho_out import KhoContext, KhoOut
+from khofs.engine.kho_out import KhoContext, KhoOut, KhoOutBase
+from khofs.engine.kho_out_live import KhoOutLive
+from khofs.engine.kho_out_radix import KhoOutRadix
 from khofs.engine.machine import Machine
 from khofs.engine.memblock import Memblock
 from khofs.engine.page_alloc import PageAllocator
@@ -36,12 +43,15 @@ class Kernel:
                  initcalls: Sequence[Initcall] = (), *, uid: int = 0,
                  gid: int = 0, log_sink: Callable[[Record], None] | None = None,
                  mem: PhysMem | None = None, handover: Handover | None = None,
-                 boot_number: int = 1, seed: int = 0) -> None:
+                 boot_number: int = 1, seed: int = 0,
+                 profile: Profile = DEFAULT_PROFILE) -> None:
         self.machine = machine
+        self.profile = profile
+        self.era = profile.era
         self.boot_number = boot_number
         self.rng = random.Random(f"khofs:{seed}:{boot_number}")
         self.log = Printk(log_sink)
-        self.params = parse_cmdline(cmdline, self.log)
+        self.params = parse_cmdline(cmdline, self.log, profile.era)
         page_size = machine.arch.page_size
         self.mem = mem if mem is not None else PhysMem(page_size)
         self.memblock = Memblock(page_size)
@@ -52,13 +62,15 @@ class Kernel:
         self.kho_in: KhoIn | None = None
         if handover is not None:
             self.kho_in = kho_populate(handover, self.mem, self.memblock, self.log,
-                                       machine.arch.max_page_order)
+                                       machine.arch.max_page_order, profile)
         self.reservations = boot_reservations(machine, self.memblock, self.params, self.log,
                                               handover, self.kho_in)
         self.reserved_mem = [(r.what.removeprefix("reserve_mem "), r.base, r.size)
                              for r in self.reservations if r.func == "reserve_mem"]
         self.kern_totals = KernTotals.of(machine, self.memblock)
         scratch = self._kho_memory_init()
+        if self.kho_in is not None and not self.kho_in.fdt_phys:
+            self.kho_in = None  # 7.1: a tree it could not walk; is_kho_boot() is false
         self.kho_enabled = self.params.kho and scratch is not None
         self.scratch = scratch or []
         self.pages = PageAllocator(self.memblock, self.scratch, page_size)
@@ -66,8 +78,9 @@ class Kernel:
             self._scrub()
         self.slab = Kmalloc(self.pages, page_size)
         self.debugfs = Debugfs(uid, gid)
-        ctx = KhoContext(self.mem, self.pages, self.slab, self.debugfs, self.log)
-        self.kho = KhoOut(ctx, self.scratch)
+        ctx = KhoContext(self.mem, self.pages, self.slab, self.debugfs, self.log, profile,
+                         self._nid_of, machine.arch.max_page_order)
+        self.kho = make_kho_out(ctx, self.scratch)
         self.drivers: list[Driver] = []
         if self.kho_enabled:
             self._do_initcalls(initcalls)
@@ -78,8 +91,23 @@ class Kernel:
         if self.kho_in is not None and self.handover is not None:
             return kho_memory_init(self.kho_in, self.handover, self.memblock, self.log)
         if self.params.kho:
-            return kho_reserve_scratch(self.machine, self.memblock, self.params.scratch)
+            areas = kho_reserve_scratch(self.machine, self.memblock, self.params.scratch,
+                                        self._scratch_failed)
+            if areas is None and self.era.warn_no_scratch:
+                self.log.warn("KHO: Failed to reserve scratch area, disabling kexec handover")
+            return areas
         return None
+
+    def _scratch_failed(self, what: str) -> None:
+        """7.1 says which scratch allocation failed (6.18 to 7.0 only that one did)."""
+        if self.era.radix:
+            self.log.err("KHO: Failed to reserve scratch array" if what == "array" else
+                         f"KHO: Failed to reserve {what} scratch buffer")
+
+    def _nid_of(self, phys: int) -> int:
+        """pfn_to_nid: the node whose memory holds phys (0 outside every node)."""
+        return next((r.nid for r in self.memblock.memory.regions if r.base <= phys < r.end),
+                    0)
 
     def _scrub(self) -> None:
         """What kexec does to memory nobody preserved: the new kernel and its users take it
@@ -93,10 +121,11 @@ class Kernel:
         """do_initcalls: level by level; within a level the kernel's own calls come first
         (kernel/ links before mm/, drivers/ and lib/), then the table's in its order.
 
-        kho_init is the kernel's late_initcall; when it fails, KHO is disabled (silently, as
-        its err_free_fdt path does) and nothing later at that level sees KHO."""
-        for level in sorted({LATE_INITCALL, *(call.level for call in table)}):
-            if level == LATE_INITCALL and self.kho.init(self.kho_in):
+        kho_init is the kernel's late_initcall (6.16, 6.18) or fs_initcall (6.19 on); when it
+        fails, KHO is disabled (silently, as its error paths do) and nothing later sees KHO."""
+        kho_level = self.era.kho_init_level
+        for level in sorted({kho_level, *(call.level for call in table)}):
+            if level == kho_level and self.kho.init(self.kho_in):
                 self.kho_enabled = False
                 return
             for call in table:
@@ -108,3 +137,13 @@ class Kernel:
         err = driver.init(self)
         if err:
             self.log.err(f"khofs: producer {driver.name}: init failed: {err}")
+
+
+def make_kho_out(ctx: KhoContext, scratch: list[KhoScratch]) -> KhoOutBase:
+    """struct kho_out as the era's kernel has it."""
+    era = ctx.profile.era
+    if era.radix:
+        return KhoOutRadix(ctx, scratch)
+    if not era.notifiers:
+        return KhoOutLive(ctx, scratch)
+    return KhoOut(ctx, scratch)

@@ -173,3 +173,30 @@ def kernel_image_size(head: bytes, file_size: int) -> int:
         image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
         return image_size or file_size
     return file_size
+
+
+# x86 boot protocol (Documentation/arch/x86/boot.rst): setup_sects at 0x1F1 (0 means 4),
+# the protocol version at 0x206, kernel_version at 0x20E: when non-zero, a NUL-terminated
+# string at kernel_version + 0x200, inside the setup sectors (arch/x86/boot/version.c writes
+# UTS_RELEASE " (" LINUX_COMPILE_BY "@" LINUX_COMPILE_HOST ") " UTS_VERSION).
+BZIMAGE_SETUP_SECTS_OFF, BZIMAGE_VERSION_OFF, BZIMAGE_KERNEL_VERSION_OFF = 0x1F1, 0x206, 0x20E
+BZIMAGE_HEAD_MAX = (255 + 1) * 0x200  # the boot sector and the most setup sectors there are
+
+
+def kernel_image_release(head: bytes) -> str | None:
+    """The release an x86 bzImage names in its setup header (the text of kernel_version up
+    to the first space), from the file's first bytes (up to BZIMAGE_HEAD_MAX of them); None
+    when it names none: no "HdrS", protocol before 2.00, a zero field, a string outside the
+    setup sectors or without its NUL (and every arm64 Image)."""
+    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] != b"HdrS" or len(head) < 0x210:
+        return None
+    protocol: int = struct.unpack_from("<H", head, BZIMAGE_VERSION_OFF)[0]
+    offset: int = struct.unpack_from("<H", head, BZIMAGE_KERNEL_VERSION_OFF)[0]
+    setup_sects = head[BZIMAGE_SETUP_SECTS_OFF] or 4
+    if protocol < 0x200 or not offset or offset >= 0x200 * setup_sects:
+        return None
+    start = offset + 0x200
+    nul = head.find(b"\0", start, (setup_sects + 1) * 0x200)
+    if nul < 0:
+        return None
+    return head[start:nul].decode("latin-1").split(" ", 1)[0]

@@ -57,10 +57,12 @@ class KexecSlots(Protocol):
         ...
 
     def install(self, crash: bool, cmdline: str, segments: Sequence[Segment],
-                contents: Sequence[tuple[int, bytes]] = (), kho: bool = False) -> None:
+                contents: Sequence[tuple[int, bytes]] = (), fdt_phys: int = 0,
+                release: str | None = None) -> int:
         """The new image in its slot, the old one freed: the next kernel's command line,
-        its segments, the data to copy at kexec time (a classic load's), and whether
-        kho_fill_kimage added KHO's handover (a file load's)."""
+        its segments, the data to copy at kexec time (a classic load's), the root FDT
+        kho_fill_kimage handed over (a file load's) and the release the image names.
+        0, or a negative errno when the machine cannot take it."""
         ...
 
 
@@ -199,5 +201,4 @@ def sys_kexec_load(kernel: Kernel, user: UserAccess, slots: KexecSlots, entry: i
     if isinstance(contents, int):
         return contents
     placed = [Segment(f"segment {i}", s.mem, s.memsz) for i, s in enumerate(segs)]
-    slots.install(crash, boot_command_line(arch, contents), placed, contents)
-    return 0
+    return slots.install(crash, boot_command_line(arch, contents), placed, contents)

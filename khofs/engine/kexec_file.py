@@ -22,6 +22,7 @@ from khofs.engine.kexec import (
     KexecBuf,
     Segment,
     image_segments,
+    kernel_image_release,
     kexec_file_load,
     scratch_table_buf,
 )
@@ -54,10 +55,13 @@ ELF_CORE_HEADER_ALIGN = 4096
 @dataclass(frozen=True)
 class FileImage:
     """What kimage_file_prepare_segments made of the caller's files: the next kernel's
-    command line and the placed segments (the KHO scratch table first when KHO is on)."""
+    command line, the placed segments (the KHO scratch table first when kho_fill_kimage
+    hands a root FDT over: fdt_phys), and the release the image names, if it does."""
 
     cmdline: str
     segments: tuple[Segment, ...]
+    fdt_phys: int = 0
+    release: str | None = None
 
 
 def _copy_cmdline(user: UserAccess, cmdline_len: int, ptr: int) -> str | int:
@@ -125,8 +129,10 @@ def kimage_file_prepare(kernel: Kernel, user: UserAccess, kernel_fd: int, initrd
     cmdline = _copy_cmdline(user, cmdline_len, cmdline_ptr)
     if isinstance(cmdline, int):
         return cmdline
-    scratch = [scratch_table_buf(len(kernel.scratch))] if kernel.kho_enabled else []
-    err, _ = _place(kernel, scratch, crash_region, crash)  # kho_fill_kimage comes first
+    # kho_fill_kimage comes first: whether it hands a root FDT over is the era's to say
+    fdt_phys = kernel.kho.fill_kimage() if kernel.kho_enabled else 0
+    scratch = [scratch_table_buf(len(kernel.scratch))] if fdt_phys else []
+    err, _ = _place(kernel, scratch, crash_region, crash)
     if err:
         return err
     image = kexec_image_load(arch, buf, cmdline_len, page_size, log)
@@ -138,7 +144,7 @@ def kimage_file_prepare(kernel: Kernel, user: UserAccess, kernel_fd: int, initrd
         return err
     err = sanity_check_segment_list(_user_view(segments, image), page_size, arch,
                                     totalram_pages(kernel), crash_region if crash else None)
-    return err or FileImage(cmdline, tuple(segments))
+    return err or FileImage(cmdline, tuple(segments), fdt_phys, kernel_image_release(buf))
 
 
 def _user_view(segments: Sequence[Segment], image: KernelImage) -> list[KexecSegment]:
@@ -173,5 +179,5 @@ def sys_kexec_file_load(kernel: Kernel, user: UserAccess, slots: KexecSlots, ker
     if headers is not None and kernel.machine.arch.name == "x86_64":
         # bzImage64's setup_cmdline puts the ELF core headers' address first
         cmdline = f"elfcorehdr=0x{headers.mem:x} {cmdline}"
-    slots.install(crash, cmdline, got.segments, kho=True)
-    return 0
+    return slots.install(crash, cmdline, got.segments, fdt_phys=got.fdt_phys,
+                         release=got.release)

@@ -88,6 +88,35 @@ class MemblockType:
             i += 1
         self._merge(max(lo - 1, 0), i + 1)
 
+    def add_ranges(self, ranges: list[tuple[int, int]], nid: int, flags: int) -> None:
+        """add_range for many ranges at once (what a loop of memblock_reserve calls leaves):
+        the parts no region covers yet become regions, then everything merges. One pass over
+        the sorted lists instead of a search and an insert per range."""
+        pieces: list[tuple[int, int]] = []
+        for base, size in sorted(r for r in ranges if r[1]):
+            end = base + size
+            if pieces and base <= pieces[-1][1]:
+                pieces[-1] = (pieces[-1][0], max(pieces[-1][1], end))
+            else:
+                pieces.append((base, end))
+        new: list[Region] = []
+        i = 0
+        for base, end in pieces:
+            pos = base
+            while i < len(self.regions) and self.regions[i].end <= pos:
+                i += 1
+            j = i
+            while j < len(self.regions) and self.regions[j].base < end:
+                r = self.regions[j]
+                if r.base > pos:
+                    new.append(Region(pos, r.base - pos, nid, flags))
+                pos = max(pos, r.end)
+                j += 1
+            if pos < end:
+                new.append(Region(pos, end - pos, nid, flags))
+        self.regions = sorted([*self.regions, *new], key=lambda r: r.base)
+        self._merge()
+
     def _merge(self, lo: int = 0, hi: int | None = None) -> None:
         """memblock_merge_regions over regions[lo:hi]: adjacent, one node, the same flags."""
         regions = self.regions
@@ -150,6 +179,10 @@ class Memblock:
         if size:
             self.reserved.add_range(base, size, nid, flags)
         return 0
+
+    def reserve_many(self, ranges: list[tuple[int, int]]) -> None:
+        """memblock_reserve of each (base, size), in one pass."""
+        self.reserved.add_ranges(ranges, NUMA_NO_NODE, MEMBLOCK_NONE)
 
     def phys_free(self, base: int, size: int) -> int:
         """memblock_phys_free: give a reservation back."""

@@ -1,8 +1,13 @@
-"""Preserved-memory tracking and its serialisation (kernel/kexec_handover.c, 6.16).
+"""Preserved-memory tracking in bitmaps and its serialisation (kernel/kexec_handover.c, 6.16 to
+7.0).
 
-struct kho_mem_track: per order, sparse bitmaps of PRESERVE_BITS bits; bit b of bitmap i at
-order o preserves the block at ((i * PRESERVE_BITS + b) << (o + PAGE_SHIFT)). At finalize
-kho_mem_serialize writes them out as a linked list of page-sized chunks for the next kernel.
+struct kho_mem_track: per order, sparse bitmaps; bit b of bitmap i at order o preserves the
+block at ((i * bits + b) << (o + PAGE_SHIFT)). kho_mem_serialize writes them out as a linked
+list of page-sized chunks for the next kernel. The bitmaps are 512 bytes from kzalloc in 6.16
+and 6.17; from 6.18 they are a page each from get_zeroed_page, and so are the chunks ("kho:
+increase metadata bitmap size to PAGE_SIZE", "kho: allocate metadata directly from the buddy
+allocator"). A page bitmap is the kernel's own memory, live: a bit set after a 6.19 finalize
+lands in a bitmap the handed-over chunks already point to.
 """
 
 from __future__ import annotations
@@ -13,66 +18,116 @@ from dataclasses import dataclass, field
 
 from khofs.engine.abi.kexec_handover import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS
 from khofs.engine.physmem import PhysMem
-from khofs.engine.slab import Kmalloc
+from khofs.engine.slab import Kmalloc, PageSource
 
 BITMAP_BYTES = PRESERVE_BITS // 8
+
+__all__ = ["BITMAP_BYTES", "CHUNK_ELM", "CHUNK_HDR", "PRESERVE_BITS", "Bitmap", "MemTrack",
+           "split_blocks"]
 
 
 @dataclass
 class Bitmap:
-    """struct kho_mem_phys_bits: its bits, and where kzalloc put it."""
+    """struct kho_mem_phys_bits: its bits, and where it was allocated."""
 
     phys: int
     bits: bytearray = field(default_factory=lambda: bytearray(BITMAP_BYTES))
 
 
 class MemTrack:
-    """struct kho_mem_track: orders -> bitmap index -> bitmap."""
+    """struct kho_mem_track: orders -> bitmap index -> bitmap.
 
-    def __init__(self, mem: PhysMem, slab: Kmalloc) -> None:
+    `pages` given (6.18 on): bitmaps and chunks are pages of their own, zeroed, and each bit
+    is written to memory as it is set; otherwise (6.16) they come from kmalloc and memory
+    sees the bitmaps only when they are serialised."""
+
+    def __init__(self, mem: PhysMem, slab: Kmalloc, bitmap_bytes: int = BITMAP_BYTES,
+                 pages: PageSource | None = None, stop_at_missing: bool = False) -> None:
         self.mem = mem
+        self.stop_at_missing = stop_at_missing
         self.slab = slab
+        self.pages = pages
+        self.bitmap_bytes = bitmap_bytes
+        self.bits_per_bitmap = bitmap_bytes * 8  # PRESERVE_BITS
         self.page_shift = mem.page_size.bit_length() - 1
         self.orders: dict[int, dict[int, Bitmap]] = {}
+
+    # --- metadata memory: kzalloc (6.16) or get_zeroed_page (6.18 on) ------------------
+
+    def _alloc(self, size: int) -> int:
+        if self.pages is None:
+            return self.slab.kmalloc(size)
+        phys = self.pages.alloc_pages(0)
+        if phys:
+            self.mem.zero(phys, self.mem.page_size)
+        return phys
+
+    def _free(self, phys: int, size: int) -> None:
+        if self.pages is None:
+            self.slab.kfree(phys, size)
+        else:
+            self.pages.free_pages(phys, 0)
+
+    # --- preservation ---------------------------------------------------------------------
 
     def preserve_order(self, pfn: int, order: int) -> int:
         """__kho_preserve_order: set the bit for the 2^order block at pfn."""
         high = pfn >> order
         bitmaps = self.orders.setdefault(order, {})
-        bitmap = bitmaps.get(high // PRESERVE_BITS)
+        bitmap = bitmaps.get(high // self.bits_per_bitmap)
         if bitmap is None:
-            phys = self.slab.kmalloc(BITMAP_BYTES)
+            phys = self._alloc(self.bitmap_bytes)
             if not phys:
                 return -errno.ENOMEM
-            bitmap = bitmaps[high // PRESERVE_BITS] = Bitmap(phys)
-        bit = high % PRESERVE_BITS
-        bitmap.bits[bit // 8] |= 1 << (bit % 8)
+            bitmap = Bitmap(phys, bytearray(self.bitmap_bytes))
+            bitmaps[high // self.bits_per_bitmap] = bitmap
+        self._set(bitmap, high % self.bits_per_bitmap, True)
         return 0
 
-    def unpreserve(self, pfn: int, end_pfn: int) -> None:
-        """__kho_unpreserve: clear the bits set for [pfn, end_pfn) by a failed preserve."""
-        for p, order in split_blocks(pfn, end_pfn):
-            bitmap = self.orders.get(order, {}).get((p >> order) // PRESERVE_BITS)
-            if bitmap is not None:
-                bit = (p >> order) % PRESERVE_BITS
-                bitmap.bits[bit // 8] &= ~(1 << (bit % 8)) & 0xFF
+    def _set(self, bitmap: Bitmap, bit: int, on: bool) -> None:
+        if on:
+            bitmap.bits[bit // 8] |= 1 << (bit % 8)
+        else:
+            bitmap.bits[bit // 8] &= ~(1 << (bit % 8)) & 0xFF
+        if self.pages is not None:
+            self.mem.write(bitmap.phys + bit // 8, bytes(bitmap.bits[bit // 8:bit // 8 + 1]))
 
-    def preserve_phys(self, phys: int, size: int) -> int:
-        """The loop of kho_preserve_phys (its EBUSY/EINVAL checks are the caller's)."""
-        start = phys >> self.page_shift
-        end = (phys + size) >> self.page_shift
-        for pfn, order in split_blocks(start, end):
-            err = self.preserve_order(pfn, order)
+    def unpreserve_order(self, pfn: int, order: int) -> bool:
+        """__kho_unpreserve_order: clear one block's bit; False when its bitmap is missing
+        (the kernel WARNs)."""
+        bitmap = self.orders.get(order, {}).get((pfn >> order) // self.bits_per_bitmap)
+        if bitmap is None:
+            return False
+        self._set(bitmap, (pfn >> order) % self.bits_per_bitmap, False)
+        return True
+
+    def unpreserve(self, pfn: int, end_pfn: int) -> None:
+        """__kho_unpreserve: clear the bits of [pfn, end_pfn), block by block. A block whose
+        bitmap is missing is skipped (6.16; 6.19 WARNs), or WARNs and ends it (6.18:
+        `stop_at_missing`)."""
+        for p, order in split_blocks(pfn, end_pfn):
+            if not self.unpreserve_order(p, order) and self.stop_at_missing:
+                return
+
+    def preserve_range(self, pfn: int, end_pfn: int) -> int:
+        """The loop of kho_preserve_phys (6.16) and kho_preserve_pages (6.18 on): maximal
+        aligned blocks; on failure the blocks set so far are cleared again."""
+        for p, order in split_blocks(pfn, end_pfn):
+            err = self.preserve_order(p, order)
             if err:
-                self.unpreserve(start, pfn)
+                self.unpreserve(pfn, p)
                 return err
         return 0
 
+    def preserve_phys(self, phys: int, size: int) -> int:
+        """The loop of kho_preserve_phys (its EBUSY/EINVAL checks are the caller's)."""
+        return self.preserve_range(phys >> self.page_shift, (phys + size) >> self.page_shift)
+
     def forget(self) -> None:
-        """kho_abort: free every bitmap and the trees (6.16 forgets all preservations)."""
+        """kho_abort (6.16, 6.18): free every bitmap and the trees: all preservations go."""
         for bitmaps in self.orders.values():
             for bitmap in bitmaps.values():
-                self.slab.kfree(bitmap.phys, BITMAP_BYTES)
+                self._free(bitmap.phys, self.bitmap_bytes)
         self.orders.clear()
 
     def preserved_blocks(self) -> list[tuple[int, int]]:
@@ -81,9 +136,11 @@ class MemTrack:
         for order in sorted(self.orders):
             for idx, bitmap in sorted(self.orders[order].items()):
                 for bit in _set_bits(bitmap.bits):
-                    pfn = ((idx * PRESERVE_BITS + bit) << order)
+                    pfn = ((idx * self.bits_per_bitmap + bit) << order)
                     out.append((pfn << self.page_shift, order))
         return out
+
+    # --- serialisation --------------------------------------------------------------------
 
     def serialize(self) -> tuple[int, list[int]]:
         """kho_mem_serialize: (first chunk's address or 0, every chunk) or (-ENOMEM, [])."""
@@ -92,7 +149,7 @@ class MemTrack:
             elms = sorted(self.orders[order].items())
             per_chunk = (self.mem.page_size - CHUNK_HDR.size) // CHUNK_ELM.size
             for first in range(0, max(len(elms), 1), per_chunk):
-                chunk = self.slab.kmalloc(self.mem.page_size)
+                chunk = self._alloc(self.mem.page_size)
                 if not chunk:
                     self.free_chunks(chunks)
                     return -errno.ENOMEM, []
@@ -106,7 +163,7 @@ class MemTrack:
     def _write_chunk(self, chunk: int, order: int, elms: list[tuple[int, Bitmap]]) -> None:
         self.mem.write(chunk + 8, struct.pack("<II", order, len(elms)))
         for n, (idx, bitmap) in enumerate(elms):
-            phys_start = (idx * PRESERVE_BITS) << (order + self.page_shift)
+            phys_start = (idx * self.bits_per_bitmap) << (order + self.page_shift)
             self.mem.write(chunk + CHUNK_HDR.size + n * CHUNK_ELM.size,
                            CHUNK_ELM.pack(phys_start, bitmap.phys))
             self.mem.write(bitmap.phys, bytes(bitmap.bits))
@@ -114,7 +171,7 @@ class MemTrack:
     def free_chunks(self, chunks: list[int]) -> None:
         """kho_mem_ser_free."""
         for chunk in chunks:
-            self.slab.kfree(chunk, self.mem.page_size)
+            self._free(chunk, self.mem.page_size)
 
 
 def split_blocks(pfn: int, end_pfn: int) -> list[tuple[int, int]]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from khofs.engine.era import ERA_6_16, Era
+
 
 @dataclass
 class ScratchParams:
@@ -36,3 +38,4 @@ class BootParams:
     kho: bool = False  # kernel/kexec_handover.c: kho_enable (default off)
     scratch: ScratchParams = field(default_factory=ScratchParams)
     reserve_mem: list[ReserveMem] = field(default_factory=list)
+    era: Era = ERA_6_16  # whose parsers read the line

@@ -7,6 +7,7 @@ sink (the daemon's log), so the engine itself does no I/O.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,3 +119,13 @@ def console_loglevel(cmdline: str) -> int:
 def on_console(rec: Record, level: int) -> bool:
     """printk's console filter: a record shows when its level is below console_loglevel."""
     return LEVELS.index(rec.level) < level
+
+
+# lib/errname.c names these codes after the other of Python's two aliases
+_ERRNAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EAGAIN: "EAGAIN", errno.EDEADLK: "EDEADLK"}
+
+
+def errname(err: int) -> str:
+    """printk's %pe of ERR_PTR(err) (CONFIG_SYMBOLIC_ERRNAME): "-ENOMEM", or the number."""
+    name = _ERRNAMES.get(-err) or errno.errorcode.get(-err)
+    return f"-{name}" if name else str(err)

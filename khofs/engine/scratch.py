@@ -9,6 +9,7 @@ on a machine whose boot allocations all lie below 4 GiB, `global` comes out as 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from khofs.engine.machine import Machine
@@ -71,16 +72,20 @@ def scratch_size_node(params: ScratchParams, memblock: Memblock, nid: int, align
     return round_up(size & PHYS_ADDR_MAX, align)
 
 
-def kho_reserve_scratch(machine: Machine, memblock: Memblock,
-                        params: ScratchParams) -> list[KhoScratch] | None:
+def kho_reserve_scratch(machine: Machine, memblock: Memblock, params: ScratchParams,
+                        failed: Callable[[str], None] | None = None) -> list[KhoScratch] | None:
     """kho_reserve_scratch: the areas in table order, or None when one cannot be allocated
-    (everything it took is given back and KHO is disabled, silently, as in 6.16)."""
+    (everything it took is given back and KHO is disabled: silently in 6.16; `failed`
+    hears which allocation failed, "array", "lowmem", "global" or "nid N", for the eras
+    that say so)."""
     arch = machine.arch
     align = arch.pageblock_size
     lowmem, global_ = scratch_size_update(params, memblock, machine.low_limit, align)
     count = len(machine.nodes) + 2
     desc = memblock.alloc_try_nid(count * KHO_SCRATCH_SIZE, arch.page_size)
     if not desc:
+        if failed is not None:
+            failed("array")
         return None
     areas: list[KhoScratch] = []
     wanted = [(lowmem, 0, machine.low_limit, NUMA_NO_NODE),
@@ -94,6 +99,9 @@ def kho_reserve_scratch(machine: Machine, memblock: Memblock,
             for area in reversed(areas):
                 memblock.phys_free(area.addr, area.size)
             memblock.phys_free(desc, count * KHO_SCRATCH_SIZE)
+            if failed is not None:
+                failed(f"nid {nid}" if nid != NUMA_NO_NODE else
+                       ("lowmem", "global")[len(areas)])
             return None
         areas.append(KhoScratch(addr, size))
     return areas

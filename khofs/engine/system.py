@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from khofs.engine.crash_core import CrashRes, crash_get_memory_size, crash_shrink_memory
-from khofs.engine.driver import Initcall
+from khofs.engine.driver import Initcall, initcall_problem
+from khofs.engine.era import DEFAULT_PROFILE, FIRST, LAST, Profile, profile_of_release
 from khofs.engine.kernel import Kernel
 from khofs.engine.kexec import (
     Handover,
@@ -44,10 +45,12 @@ LogSink = Callable[[int, Record], None]
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A kimage after kexec_file_load: the handover and what to copy where at `kexec -e`."""
+    """A kimage after kexec_file_load: the handover, what to copy where at `kexec -e`, and
+    the kernel the image holds (its era and release)."""
 
     handover: Handover
     contents: tuple[tuple[int, bytes], ...]
+    profile: Profile = DEFAULT_PROFILE
 
 
 @dataclass
@@ -71,9 +74,12 @@ class System:
     def __init__(self, machine: Machine, cmdline: str,
                  initcalls: Sequence[Initcall] = (), *, seed: int = 0,
                  uid: int = 0, gid: int = 0, log_sink: LogSink | None = None,
-                 state: MachineState | None = None) -> None:
+                 state: MachineState | None = None, profile: Profile = DEFAULT_PROFILE,
+                 next_profile: Profile | None = None) -> None:
         self.machine = machine
         self.initcalls = initcalls
+        self.profile = profile  # of the cold boot; a kexec boots the image's
+        self.next_profile = next_profile  # `--next-abi`: every load boots this kernel
         self.seed = seed
         self.uid, self.gid = uid, gid
         self.log_sink = log_sink
@@ -86,7 +92,7 @@ class System:
         self.boot_cmdline = cmdline  # what the boot loader starts a cold boot with
         self.going: tuple[Shutdown, LoadedImage | None] | None = None  # a reboot under way
         if state is None:
-            self.kernel = self._boot(cmdline, None, 1)
+            self.kernel = self._boot(cmdline, None, 1, profile)
         else:
             self.seed = state.seed
             self.mem.load_pages(state.pages)
@@ -94,7 +100,8 @@ class System:
             self.kernel = self._start(state.image, state.boot_number + 1)
         self.crash = CrashRes.of(self.kernel.reservations)
 
-    def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
+    def _boot(self, cmdline: str, handover: Handover | None, number: int,
+              profile: Profile) -> Kernel:
         self.boot_cmdlines[number] = cmdline  # a booting kernel's, before self.kernel is it
 
         def sink(rec: Record) -> None:
@@ -104,40 +111,64 @@ class System:
 
         return Kernel(self.machine, cmdline, self.initcalls, uid=self.uid, gid=self.gid,
                       log_sink=sink, mem=self.mem, handover=handover, boot_number=number,
-                      seed=self.seed)
+                      seed=self.seed, profile=profile)
 
     # --- kexec -s -l --------------------------------------------------------------------
 
     def kexec_load(self, cmdline: str | None = None, image_size: int | None = None,
-                   initrd_size: int = 0) -> tuple[int, str]:
-        """kexec_file_load: (0, "") or (-EADDRNOTAVAIL, kexec-tools' message). The new
-        command line defaults to this kernel's (kexec --reuse-cmdline)."""
+                   initrd_size: int = 0, profile: Profile | None = None,
+                   image_release: str | None = None) -> tuple[int, str]:
+        """kexec_file_load: (0, "") or (-errno, the line kexec prints). The new command line
+        defaults to this kernel's (kexec --reuse-cmdline). The next kernel is `profile`
+        (`khofs kexec --abi`), else `next_profile` (`--next-abi`), else the image's release,
+        else this kernel's version again; a release khofs cannot boot, or a next kernel that
+        cannot run this machine's producers, is EINVAL with one line (here and in the log),
+        and nothing is loaded."""
         with self.lock:
             k = self.kernel
+            nxt = profile or self.next_profile
+            if nxt is None and image_release is not None:
+                try:
+                    nxt = profile_of_release(image_release)
+                except ValueError:
+                    return self._refuse(f"the image is Linux {image_release}; khofs emulates "
+                                        f"{FIRST[0]}.{FIRST[1]} to {LAST[0]}.{LAST[1]}")
+            nxt = nxt or k.profile
+            problem = initcall_problem(self.initcalls, nxt)
+            if problem:
+                return self._refuse(f"the next kernel, {nxt.release}: {problem}")
             cmdline = k.params.cmdline if cmdline is None else cmdline
             size = image_size if image_size is not None else self.machine.kernel_size
             bufs = image_segments(self.machine, cmdline, size, initrd_size)
-            if k.kho_enabled:
+            fdt_phys = k.kho.fill_kimage() if k.kho_enabled else 0
+            if fdt_phys:
                 bufs.insert(0, scratch_table_buf(len(k.scratch)))
+            if k.kho_enabled:  # kho_locate_mem_hole: only the scratch areas
                 ranges = [(s.addr, s.addr + s.size) for s in k.scratch]
             else:
                 ranges = [(r.base, r.end) for r in k.memblock.memory.regions]
             err, segments = kexec_file_load(bufs, ranges, self.machine.arch.page_size)
             if err:
                 return err, "kexec_file_load failed: Cannot assign requested address"
-            self.loaded = self._image(k, cmdline, tuple(segments))
+            self.loaded = self._image(k, cmdline, tuple(segments), fdt_phys, nxt)
             return 0, ""
 
-    def _image(self, k: Kernel, cmdline: str, segments: tuple[Segment, ...]) -> LoadedImage:
-        """kho_fill_kimage: the root FDT page (finalized or not) and the table copy."""
+    def _refuse(self, why: str) -> tuple[int, str]:
+        self.kernel.log.err(f"khofs: kexec: {why}")
+        return -errno.EINVAL, f"kexec_file_load failed: Invalid argument ({why})"
+
+    def _image(self, k: Kernel, cmdline: str, segments: tuple[Segment, ...], fdt_phys: int,
+               profile: Profile) -> LoadedImage:
+        """kho_fill_kimage: the root FDT page and the scratch table's copy, when the era's
+        kho_fill_kimage hands them over (khofs.engine.kho_out: fill_kimage)."""
         handover = Handover(cmdline, segments)
-        if not k.kho_enabled or k.kho.ser is None:
-            return LoadedImage(handover, ())
+        if not fdt_phys:
+            return LoadedImage(handover, (), profile)
         table = pack_scratch_table([(s.addr, s.size) for s in k.scratch])
         seg = segments[0]
-        handover = replace(handover, fdt_phys=k.kho.ser.fdt_phys, fdt_len=k.mem.page_size,
+        handover = replace(handover, fdt_phys=fdt_phys, fdt_len=k.mem.page_size,
                            scratch_phys=seg.mem, scratch_len=len(table))
-        return LoadedImage(handover, ((seg.mem, table),))
+        return LoadedImage(handover, ((seg.mem, table),), profile)
 
     def kexec_unload(self) -> None:
         """kexec -u (kexec_file_load with KEXEC_FILE_UNLOAD): forget the loaded image."""
@@ -177,7 +208,7 @@ class System:
         """The purgatory copies each segment home, then the next kernel boots."""
         for phys, data in image.contents:
             self.mem.write(phys, data)
-        return self._boot(image.handover.cmdline, image.handover, number)
+        return self._boot(image.handover.cmdline, image.handover, number, image.profile)
 
     # --- the machine's system calls, as `khofs run` serves them -----------------------------
 
@@ -203,13 +234,31 @@ class System:
             self.loaded = None
 
     def install(self, crash: bool, cmdline: str, segments: Sequence[Segment],
-                contents: Sequence[tuple[int, bytes]] = (), kho: bool = False) -> None:
-        image = self._image(self.kernel, cmdline, tuple(segments)) if kho else \
-            LoadedImage(Handover(cmdline, tuple(segments)), tuple(contents))
+                contents: Sequence[tuple[int, bytes]] = (), fdt_phys: int = 0,
+                release: str | None = None) -> int:
+        """The loaded image into its slot (0), or -EINVAL when khofs cannot boot what it
+        holds: the next kernel is `--next-abi`'s, else the release the image names, else
+        this kernel's version again (as `khofs kexec` chooses it)."""
+        k = self.kernel
+        nxt = self.next_profile
+        if nxt is None and release is not None:
+            try:
+                nxt = profile_of_release(release)
+            except ValueError:
+                return self._refuse(f"the image is Linux {release}; khofs emulates "
+                                    f"{FIRST[0]}.{FIRST[1]} to {LAST[0]}.{LAST[1]}")[0]
+        nxt = nxt or k.profile
+        problem = initcall_problem(self.initcalls, nxt)
+        if problem:
+            return self._refuse(f"the next kernel, {nxt.release}: {problem}")[0]
+        segs = tuple(segments)
+        image = LoadedImage(Handover(cmdline, segs), tuple(contents), nxt) if contents else \
+            self._image(k, cmdline, segs, fdt_phys, nxt)
         if crash:
             self.crash_loaded = image
         else:
             self.loaded = image
+        return 0
 
     def sys_reboot(self, user: UserAccess, magic1: int, magic2: int, cmd: int,
                    arg: int) -> int | Reboot | PidNsReboot:
@@ -269,7 +318,7 @@ class System:
             else:
                 self.mem = PhysMem(self.machine.arch.page_size)
                 self.loaded = self.crash_loaded = None
-                self.kernel = self._boot(self.boot_cmdline, None, number)
+                self.kernel = self._boot(self.boot_cmdline, None, number, self.profile)
             self.crash = CrashRes.of(self.kernel.reservations)
 
     def sys_syslog(self, user: UserAccess, action: int, buf: int, length: int) -> int | object:

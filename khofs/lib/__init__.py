@@ -1,6 +1,6 @@
 """Ports of what the kernel's lib/ and scripts/dtc/libfdt give: kstrtox, the command-line
-helpers (memparse, parse_args), libfdt's sequential writer and its read side, and khofs's
-size formats. Pure functions over bytes and strings.
+helpers (memparse, parse_args), libfdt's sequential writer, its read-write half (fdt_rw)
+and its read side (fdt_ro), and khofs's size formats. Pure functions over bytes and strings.
 
 Imports: nothing of khofs.
 """

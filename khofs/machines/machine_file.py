@@ -1,4 +1,5 @@
-"""What `--machine` names: a preset, `host` (this computer, khofs/host.py) or a machine file.
+"""Machine files: a machine described in TOML, checked whole (khofs.machines.load picks a
+preset, `host` or a machine file for `--machine`).
 
 A machine file is TOML:
 

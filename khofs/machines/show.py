@@ -1,5 +1,6 @@
 """`khofs machine show`: a booted kernel's memory map, boot reservations, the totals the KHO
-scratch formula reads, and the scratch table exactly as `scratch_phys`/`scratch_len` print it.
+scratch formula reads, and the scratch table exactly as `scratch_phys`/`scratch_len` print it
+(`bootmem_phys`/`bootmem_len` from 7.4).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _formula_lines(kernel: Kernel) -> list[str]:
     align = kernel.machine.arch.pageblock_size
     t = kernel.kern_totals
     if not p.scale:
-        return [f"  explicit sizes (kho_scratch=): lowmem {p.lowmem:#x}, global {p.global_:#x}, "
+        param = "kho_bootmem" if kernel.era.bootmem else "kho_scratch"
+        return [f"  explicit sizes ({param}=): lowmem {p.lowmem:#x}, global {p.global_:#x}, "
                 f"per node {p.pernode:#x}"]
     lowmem = round_up(t.low * p.scale // 100, align)
     lines = [f"  scale {p.scale}%, rounded up to the pageblock ({readable_size(align)})",
@@ -49,6 +51,7 @@ def show_text(kernel: Kernel) -> str:
     out = [f"machine {m.name}: {m.description}",
            f"arch {m.arch.name}, {readable_size(m.arch.page_size)} pages, pageblock "
            f"{readable_size(m.arch.pageblock_size)}, ARCH_LOW_ADDRESS_LIMIT {m.low_limit:#x}",
+           f"kernel: {kernel.profile}",
            f"command line: {kernel.params.cmdline}", f"KHO: {_status(kernel)}", "",
            "memory (memblock.memory):"]
     for reg in kernel.memblock.memory.regions:
@@ -69,7 +72,8 @@ def show_text(kernel: Kernel) -> str:
         out += ["", "scratch sizes (kho_reserve_scratch):", *_formula_lines(kernel)]
     if kernel.kho_enabled:
         phys, size = scratch_text(kernel)
-        out += ["", "scratch_phys:", phys.rstrip("\n"), "", "scratch_len:", size.rstrip("\n")]
+        phys_name, len_name = kernel.kho.scratch_names()
+        out += ["", f"{phys_name}:", phys.rstrip("\n"), "", f"{len_name}:", size.rstrip("\n")]
     return "\n".join(out) + "\n"
 
 
@@ -82,6 +86,8 @@ def show_json(kernel: Kernel) -> str:
                     "cpus": m.cpus, "low_limit": m.low_limit,
                     "nodes": [{"nid": n.nid, "ranges": [list(r) for r in n.ranges]}
                               for n in m.nodes]},
+        "kernel": {"release": kernel.profile.release, "era": kernel.era.name,
+                   "debug": kernel.profile.debug},
         "cmdline": kernel.params.cmdline,
         "kho": _status(kernel),
         "memory": [{"nid": r.nid, "start": r.base, "size": r.size}
@@ -93,5 +99,6 @@ def show_json(kernel: Kernel) -> str:
         "scratch": [{"addr": s.addr, "size": s.size} for s in kernel.scratch],
     }
     if kernel.kho_enabled:
-        doc["scratch_phys"], doc["scratch_len"] = scratch_text(kernel)
+        phys_name, len_name = kernel.kho.scratch_names()
+        doc[phys_name], doc[len_name] = scratch_text(kernel)
     return json.dumps(doc, indent=2) + "\n"

@@ -1,10 +1,14 @@
-"""reserve_mem= regions handed over: the outgoing half of mm/memblock.c's KHO support in
-Linux 6.16 and 6.17, a built-in driver (the incoming half is khofs.engine.reserve_mem).
+"""reserve_mem= regions handed over: the outgoing half of mm/memblock.c's KHO support, a
+built-in driver (the incoming half is khofs.engine.reserve_mem), as each era has it.
 
 reserve_mem_init, a late_initcall: with KHO enabled and at least one reserve_mem= region,
 prepare_kho_fdt builds a one-page sub-FDT (root compatible "memblock-v1", one child per region
-named after it with compatible "reserve-mem-v1" and native-endian u64 "start" and "size"), and
-a notifier preserves every region and that page on FINALIZE and adds the sub-tree "memblock".
+named after it with compatible "reserve-mem-v1" and native-endian u64 "start" and "size"; the
+same in every era). 6.16 and 6.18: a notifier preserves every region and that page on FINALIZE
+and adds the sub-tree "memblock" (6.16 with kho_preserve_phys, which refuses an unaligned
+region with EINVAL; 6.18 with kho_preserve_pages, which takes the page holding the start and
+size >> PAGE_SHIFT pages). 6.19 on: at once, the page preserved first, then the sub-tree, then
+the regions, each failure undone ("failed to prepare memblock FDT for KHO: %d").
 
 memblock.c has no pr_fmt: its lines carry no prefix.
 """
@@ -22,8 +26,9 @@ from khofs.engine.abi.memblock import (
 )
 from khofs.engine.driver import DriverContext
 from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
+from khofs.engine.kho_out_live import KhoOutLive
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE, notifier_from_errno
-from khofs.lib.libfdt import FdtSw
+from khofs.lib.libfdt import FdtSw, fdt_totalsize
 
 Region = tuple[str, int, int]  # a reserve_mem_table entry: name, start, size
 
@@ -64,11 +69,15 @@ class MemblockKho:
         if not ctx.kho_enabled or not ctx.reserved_mem:
             return 0
         self.regions = list(ctx.reserved_mem)
-        self.kho = ctx.kho
+        kho = ctx.kho
+        if isinstance(kho, KhoOutLive):
+            return self._prepare_kho_fdt_live(ctx, kho)
+        assert isinstance(kho, KhoOut)
+        self.kho = kho
         err = self._prepare_fdt(ctx)
         if err:
             return err
-        err = ctx.kho.register_notifier(self)
+        err = kho.register_notifier(self)
         if err:
             ctx.pages.free_pages(self.fdt_phys, 0)
             self.fdt_phys = 0
@@ -102,8 +111,50 @@ class MemblockKho:
         kho = self.kho
         assert kho is not None
         err = 0
+        page = kho.ctx.mem.page_size
         for _name, start, size in self.regions:
-            err |= kho.preserve_phys(start, size)
+            if kho.era.preserve_pages:  # kho_preserve_pages(phys_to_page(start), size >> 12)
+                err |= kho.preserve_pages(start, size // page)
+            else:
+                err |= kho.preserve_phys(start, size)
         err |= kho.preserve_folio(self.fdt_phys, 0)
         err |= kho.add_subtree(ser, MEMBLOCK_KHO_FDT, self.fdt_phys)
         return notifier_from_errno(err)
+
+    # --- 6.19 on ------------------------------------------------------------------------
+
+    def _prepare_kho_fdt_live(self, ctx: DriverContext, kho: KhoOutLive) -> int:
+        """prepare_kho_fdt (6.19 on): alloc_page, kho_preserve_pages(page, 1), the FDT,
+        kho_add_subtree, reserved_mem_preserve; each failure undoes the steps before it and
+        logs one line."""
+        page = ctx.mem.page_size
+        phys = ctx.pages.alloc_pages(0)
+        err = -errno.ENOMEM if not phys else kho.preserve_pages(phys, 1)
+        if phys and not err:
+            err = build_memblock_fdt(ctx.mem.page_view(phys), self.regions)
+            if not err:
+                err = kho.add_subtree(MEMBLOCK_KHO_FDT, phys,
+                                      fdt_totalsize(ctx.mem.read(phys, 8)))
+                if not err:
+                    err = self._reserved_mem_preserve(kho, page)
+                    if err:
+                        kho.remove_subtree(phys)
+            if err:
+                kho.unpreserve_pages(phys, 1)
+        if phys and err:
+            ctx.pages.free_pages(phys, 0)
+        if err:
+            ctx.log.err(f"failed to prepare memblock FDT for KHO: {err}")
+            return err
+        self.fdt_phys = phys
+        return 0
+
+    def _reserved_mem_preserve(self, kho: KhoOutLive, page: int) -> int:
+        """reserved_mem_preserve: each region's pages, all undone when one fails."""
+        for i, (_name, start, size) in enumerate(self.regions):
+            err = kho.preserve_pages(start, size // page)
+            if err:
+                for _n, s, z in self.regions[:i]:
+                    kho.unpreserve_pages(s, z // page)
+                return err
+        return 0

@@ -7,9 +7,13 @@ FUNCTION gets a fresh ProducerAPI each boot. It may return nothing, 0 or a negat
 (the init then failed). Memory is the only thing that survives a kexec: keep state in pages
 you preserve, and find them again through the sub-tree you add.
 
-The ProducerAPI (errors are negative errnos, as in the kernel):
+The ProducerAPI is one API for every kernel version khofs emulates; each call is the
+running kernel's KHO function, and what a version cannot do is refused with -EOPNOTSUPP and
+one log line naming the version (errors are negative errnos, as in the kernel):
 
     api.boot                         boot number: 1 for the cold boot, +1 per kexec
+    api.era, api.release             the running kernel: "6.19", "6.19.0"
+    api.notifiers                    whether it has KHO notifiers (6.16, 6.18)
     api.page_size, api.kho_enabled
     api.log(text, level="info")      a kernel log line, exactly as given
     api.alloc_pages(order) -> int    a 2^order block of pages; 0 when out of memory
@@ -17,25 +21,33 @@ The ProducerAPI (errors are negative errnos, as in the kernel):
     api.write(phys, data)            physical memory
     api.read(phys, size) -> bytes
     api.preserve_folio(phys, order) -> int   kho_preserve_folio
-    api.preserve_phys(phys, size) -> int     kho_preserve_phys: page aligned, else -EINVAL
-    api.add_subtree(name, fdt) -> int        only inside a finalize callback (else -EINVAL):
-        copies the FDT blob into pages, preserves them and adds the sub-tree `name`
-    api.retrieve_subtree(name) -> bytes | None     after a kexec: the incoming sub-FDT
+    api.preserve_phys(phys, size) -> int     6.16: kho_preserve_phys (page aligned, else
+        -EINVAL); 6.18 on: kho_preserve_pages(page of phys, size >> PAGE_SHIFT)
+    api.preserve_pages(phys, nr_pages) -> int    kho_preserve_pages (6.16: kho_preserve_phys
+        of nr_pages pages)
+    api.unpreserve_folio(phys, order), api.unpreserve_pages(phys, nr_pages)   6.19 on
+    api.add_subtree(name, data) -> int       copies the blob into pages, preserves them and
+        adds the sub-tree `name`: 6.16 and 6.18 only inside a finalize callback (else
+        -EINVAL), 6.19 on at any time; an FDT, or from 7.1 any bytes (sized by them)
+    api.retrieve_subtree(name) -> bytes | None     after a kexec: the incoming sub-tree (its
+        FDT's totalsize bytes; from 7.1 its blob-size bytes)
     api.retrieve_subtree_phys(name) -> int | None  ... or just its address
     api.restore_folio(phys) -> int | None    kho_restore_folio: the block's order, or None
-    api.on_finalize(callback)        callback() -> 0 / None or a negative errno, run when
-    api.on_abort(callback)           `finalize` is written 1 / 0 (KEXEC_KHO_FINALIZE/ABORT)
+    api.on_finalize(callback)        6.16, 6.18: callback() -> 0 / None or a negative errno,
+    api.on_abort(callback)           run when `finalize` is written 1 / 0 (KEXEC_KHO_FINALIZE/
+                                     ABORT); refused from 6.19 (no notifiers)
     api.make_fdt(compatible, **props) -> bytes   a one-node FDT (values: bytes, or str)
     api.fdt_props(blob) -> dict[str, bytes] | None   its root properties
 
-Preservation calls fail with -EBUSY while finalized, as in the kernel; after an abort the 6.16
-kernel has forgotten every preservation, so finalize callbacks should preserve, not init.
+Preservation calls fail with -EBUSY while finalized in 6.16 and 6.18, as in the kernel; after
+an abort those kernels have forgotten every preservation, so finalize callbacks should
+preserve, not init. From 6.19 a plugin preserves and adds its sub-tree in FUNCTION itself.
 An exception in FUNCTION or a callback is logged, traceback and all, as khofs's own lines
 ("khofs: plugin SPEC: ...") and counts as -EIO; nothing else changes.
 
 Example: examples/plugins/counter.py keeps a boot counter in one preserved page (it reads
-the page the previous kernel handed over through its sub-tree, adds one, and on finalize
-preserves the page and adds the sub-tree again):
+the page the previous kernel handed over through its sub-tree, adds one, and preserves the
+page and adds the sub-tree again: on finalize where the kernel has notifiers, else at once):
 
     $ khofs mount /mnt --plugin examples/plugins/counter.py:counter
 """
@@ -54,8 +66,10 @@ from types import ModuleType
 from typing import cast
 
 from khofs.engine.driver import DriverContext
-from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoSerialization
+from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
+from khofs.engine.kho_out_live import KhoOutLive
 from khofs.engine.notifier import NOTIFY_BAD, notifier_from_errno
+from khofs.engine.physmem import MAX_FDT_READ
 from khofs.engine.printk import LEVELS
 from khofs.engine.slab import get_order
 from khofs.errors import PluginError
@@ -125,6 +139,23 @@ class ProducerAPI:
     def kho_enabled(self) -> bool:
         return bool(self._ctx.kho_enabled)
 
+    @property
+    def era(self) -> str:
+        return self._ctx.profile.era.name
+
+    @property
+    def release(self) -> str:
+        return self._ctx.profile.release
+
+    @property
+    def notifiers(self) -> bool:
+        return self._ctx.profile.era.notifiers
+
+    def _refuse(self, call: str, why: str) -> int:
+        """What this kernel version cannot do: one line, -EOPNOTSUPP."""
+        self._producer._log(f"{call}: a {self.era} kernel {why}")
+        return -errno.EOPNOTSUPP
+
     def log(self, text: str, level: str = "info") -> None:
         """A line at a printk level: emerg alert crit err warn notice info debug."""
         if level not in LEVELS:
@@ -151,33 +182,73 @@ class ProducerAPI:
         return self._ctx.kho.preserve_folio(phys, order)
 
     def preserve_phys(self, phys: int, size: int) -> int:
-        return self._ctx.kho.preserve_phys(phys, size)
+        kho = self._ctx.kho
+        if isinstance(kho, KhoOut) and not kho.era.preserve_pages:
+            return kho.preserve_phys(phys, size)
+        return kho.preserve_pages(phys, size // self.page_size)
 
-    def add_subtree(self, name: str, fdt: bytes) -> int:
+    def preserve_pages(self, phys: int, nr_pages: int) -> int:
+        kho = self._ctx.kho
+        if isinstance(kho, KhoOut) and not kho.era.preserve_pages:
+            return kho.preserve_phys(phys, nr_pages * self.page_size)
+        return kho.preserve_pages(phys, nr_pages)
+
+    def unpreserve_folio(self, phys: int, order: int) -> int:
+        kho = self._ctx.kho
+        if not isinstance(kho, KhoOutLive):
+            return self._refuse("unpreserve_folio", "has no kho_unpreserve_folio (from 6.19)")
+        kho.unpreserve_folio(phys, order)
+        return 0
+
+    def unpreserve_pages(self, phys: int, nr_pages: int) -> int:
+        kho = self._ctx.kho
+        if not isinstance(kho, KhoOutLive):
+            return self._refuse("unpreserve_pages", "has no kho_unpreserve_pages (from 6.19)")
+        kho.unpreserve_pages(phys, nr_pages)
+        return 0
+
+    def add_subtree(self, name: str, data: bytes) -> int:
         """Put the blob in pages of its own, preserve them, kho_add_subtree them."""
+        kho = self._ctx.kho
         ser = self._ser
-        if ser is None:
+        if isinstance(kho, KhoOut) and ser is None:
             return -errno.EINVAL
-        if not fdt_check_blob(fdt):
+        if kho.era.blob_size:
+            size = len(data)
+            if not size:
+                return -errno.EINVAL
+        elif fdt_check_blob(data):
+            size = fdt_totalsize(data)
+        else:
             return -errno.EINVAL
-        size = fdt_totalsize(fdt)
         order = get_order(size, self.page_size)
         phys = self.alloc_pages(order)
         if not phys:
             return -errno.ENOMEM
-        self.write(phys, fdt[:size])
-        kho = self._ctx.kho
+        self.write(phys, data[:size])
         err = kho.preserve_folio(phys, order)
         if err:
             self.free_pages(phys, order)
             return err
-        return kho.add_subtree(ser, name, phys)
+        if isinstance(kho, KhoOut):
+            assert ser is not None
+            return kho.add_subtree(ser, name, phys)
+        assert isinstance(kho, KhoOutLive)
+        return kho.add_subtree(name, phys, size)
 
-    def on_finalize(self, callback: Callback) -> None:
+    def on_finalize(self, callback: Callback) -> int:
+        if not self.notifiers:
+            return self._refuse("on_finalize", "has no KHO notifiers (gone from 6.19): "
+                                "preserve and add_subtree in the plugin function")
         self._producer.finalize_callbacks.append(callback)
+        return 0
 
-    def on_abort(self, callback: Callback) -> None:
+    def on_abort(self, callback: Callback) -> int:
+        if not self.notifiers:
+            return self._refuse("on_abort", "has no KHO notifiers and no abort (gone from "
+                                "6.19)")
         self._producer.abort_callbacks.append(callback)
+        return 0
 
     # --- the incoming side ------------------------------------------------------------
 
@@ -189,11 +260,17 @@ class ProducerAPI:
         return None if err else phys
 
     def retrieve_subtree(self, name: str) -> bytes | None:
-        """The incoming sub-FDT's bytes (fdt_totalsize of them); None when there is none or
+        """The incoming sub-tree's bytes: its FDT's (fdt_totalsize of them), or from 7.1 its
+        blob's (blob-size of them, at most 16 MiB); None when there is none or (before 7.1)
         its header is not an FDT's."""
-        phys = self.retrieve_subtree_phys(name)
-        if phys is None:
+        kho_in = self._ctx.kho_in
+        if kho_in is None:
             return None
+        err, phys, size = kho_in.retrieve_blob(name)
+        if err:
+            return None
+        if kho_in.era.blob_size:
+            return self._ctx.mem.read(phys, min(size, MAX_FDT_READ))
         err, blob = self._ctx.mem.read_fdt(phys)
         return None if err else blob
 
@@ -225,8 +302,9 @@ class PluginProducer:
         err = self._call("init", self.function, self.api)
         if err:
             return err
-        if self.finalize_callbacks or self.abort_callbacks:
-            return ctx.kho.register_notifier(self)
+        kho = ctx.kho
+        if isinstance(kho, KhoOut) and (self.finalize_callbacks or self.abort_callbacks):
+            return kho.register_notifier(self)
         return 0
 
     def notifier_call(self, action: int, data: object) -> int:

@@ -3,7 +3,8 @@
 ```toml
 [[producer]]
 name = "alpha"                 # sub-tree name: node in the root FDT, file in sub_fdts/
-dts = "alpha.dts"              # or dtb = "alpha.dtb" (served byte for byte)
+dts = "alpha.dts"              # or dtb = "alpha.dtb" (served byte for byte), or (7.1 on)
+                               # blob = "alpha.bin": any bytes, handed over by their size
 preserve = ["0x100000000+2M"]  # optional: ranges preserved at FINALIZE (phys+size)
 fail_finalize = "EBUSY"        # optional: FINALIZE fails with this errno, adding nothing
 fail_abort = "EIO"             # optional
@@ -16,6 +17,8 @@ builtin = "kho_test"           # the kernel's own lib/test_kho.c (no other key b
 A producer with `fill` or `forget` checks its ranges when a kexec handed its sub-tree over and
 logs "khofs: producer NAME: preserved memory intact" or "... corrupted at 0xADDR".
 Every problem raises ProducersFileError with one line naming the file and what is wrong.
+What a kernel version cannot do (`blob` before 7.1, `fail_abort` from 6.19) is refused when
+that version is to boot (khofs.producers.config_producer.spec_problem).
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from khofs.lib.cmdline import memparse
 from khofs.producers.dts import check_dtb, compile_dts
 from khofs.producers.spec import ProducerSpec
 
-PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort", "builtin",
-                 "fill", "forget"}
+PRODUCER_KEYS = {"name", "dts", "dtb", "blob", "preserve", "fail_finalize", "fail_abort",
+                 "builtin", "fill", "forget"}
 BUILTINS = ("kho_test",)  # built-in kernel users a producers file may switch on
+ONE_SOURCE = "needs exactly one of 'dts' or 'dtb' (or, for 7.1 on, 'blob')"
 
 
 def load_producers(path: str | Path) -> list[ProducerSpec]:
@@ -72,9 +76,11 @@ def _producer(path: Path, index: int, entry: dict[str, Any]) -> ProducerSpec:
     if problem:
         raise ProducersFileError(f"{where}: name {name!r} {problem}")
     where = f"{path}: producer {name!r}"
+    blob = _blob(path, where, entry) if "blob" in entry else b""
     return ProducerSpec(
         name=name,
-        fdt=_fdt(path, where, entry),
+        fdt=b"" if blob else _fdt(path, where, entry),
+        blob=blob,
         preserve=tuple(_range(where, r) for r in _list(where, entry, "preserve")),
         fail_finalize=_errno(where, entry, "fail_finalize"),
         fail_abort=_errno(where, entry, "fail_abort"),
@@ -112,10 +118,27 @@ def name_problem(name: str) -> str:
     return ""
 
 
+def _blob(path: Path, where: str, entry: dict[str, Any]) -> bytes:
+    """`blob = "file"`: its bytes, whatever they are (at least one)."""
+    if "dts" in entry or "dtb" in entry:
+        raise ProducersFileError(f"{where}: {ONE_SOURCE}")
+    rel = entry["blob"]
+    if not isinstance(rel, str):
+        raise ProducersFileError(f"{where}: 'blob' must be a file name")
+    file = path.parent / rel
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
+    if not data:
+        raise ProducersFileError(f"{file}: empty (a blob is at least one byte)")
+    return data
+
+
 def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
     kinds = [k for k in ("dts", "dtb") if k in entry]
     if len(kinds) != 1:
-        raise ProducersFileError(f"{where}: needs exactly one of 'dts' or 'dtb'")
+        raise ProducersFileError(f"{where}: {ONE_SOURCE}")
     kind = kinds[0]
     rel = entry[kind]
     if not isinstance(rel, str) or not rel:  # "" would name the producers file's directory

@@ -17,3 +17,4 @@ class ProducerSpec:
     builtin: str = ""  # "kho_test": the kernel's lib/test_kho.c instead (fdt unused)
     fill: bool = False  # write a pattern into `preserve` at init, check it after kexec
     forget: tuple[tuple[int, int], ...] = ()  # filled and checked, but never preserved
+    blob: bytes = b""  # 7.1 on: any bytes handed over instead of an FDT (sized by them)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from khofs.engine.driver import DEVICE_INITCALL, LATE_INITCALL, Driver, Initcall
-from khofs.producers.config_producer import ConfigProducer
+from khofs.producers.config_producer import ConfigProducer, spec_problem
 from khofs.producers.lib_test_kho import KhoTest
 from khofs.producers.memblock import MemblockKho
 from khofs.producers.spec import ProducerSpec
@@ -32,6 +32,8 @@ def _make(entry: ProducerSpec | DriverFactory) -> DriverFactory:
 def boot_table(drivers: Sequence[ProducerSpec | DriverFactory] = ()) -> list[Initcall]:
     """The initcalls of one kernel: `drivers` (producers file entries, then plugins' and
     tests' factories) at module_init, then memblock's reserve_mem handover."""
-    table = [Initcall(DEVICE_INITCALL, _make(entry)) for entry in drivers]
+    table = [Initcall(DEVICE_INITCALL, _make(entry),
+                      partial(spec_problem, entry) if isinstance(entry, ProducerSpec) else None)
+             for entry in drivers]
     table.append(Initcall(LATE_INITCALL, MemblockKho))
     return table
