@@ -122,6 +122,20 @@ def test_syslog_is_the_emulated_kernels(sc: Scratch) -> None:
     assert console[1] == "dmesg: read kernel buffer failed: Operation not permitted"
 
 
+def test_proc_kmsg_is_syslogs_read(sc: Scratch) -> None:
+    """/proc/kmsg: each record once, then it waits for the next (EAGAIN with O_NONBLOCK)."""
+    r = khofs_run("--", "sh", "-c",
+                  "dd if=/proc/kmsg bs=4096 count=1 iflag=nonblock status=none; "
+                  "dd if=/proc/kmsg bs=4096 count=1 iflag=nonblock status=none; echo again=$?; "
+                  "(sleep 0.3; echo '<6>later' > /dev/kmsg) & "
+                  "dd if=/proc/kmsg bs=4096 count=1 status=none; wait", sc=sc)
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"<5>\[ +\d+\.\d{6}\] Kernel command line: kho=on", lines[0])
+    assert lines[1] == "again=1"
+    assert re.fullmatch(r"<14>\[ +\d+\.\d{6}\] later", lines[2])
+    assert "Resource temporarily unavailable" in r.stderr
+
+
 def test_iomem_shows_addresses_only_to_cap_sys_admin(sc: Scratch) -> None:
     r = khofs_run("--cmdline", "kho=on crashkernel=256M", "--", "sh", "-c",
                   "grep -E 'Crash|^00100000' /proc/iomem; "

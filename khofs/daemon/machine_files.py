@@ -1,7 +1,7 @@
 """The machine files of `khofs run`: what the emulated kernel shows in /proc, /sys and /dev
 besides its debugfs, as one tree that the run binds over the real files (as LXCFS does):
 
-    proc/cmdline  proc/iomem  proc/sysrq-trigger  dev/kmsg
+    proc/cmdline  proc/iomem  proc/sysrq-trigger  proc/kmsg  dev/kmsg
     sys/kernel/kexec_loaded  sys/kernel/kexec_crash_loaded  sys/kernel/kexec_crash_size
     sys/firmware/memmap/N/{start,end,type}
 
@@ -163,6 +163,45 @@ def _constant(data: bytes) -> Callable[[Opener], bytes]:
     return show
 
 
+class ProcKmsgOps(OpenerOps):
+    """/proc/kmsg (fs/proc/kmsg.c): syslog(2)'s READ as a file, for klogd-style readers."""
+
+    def __init__(self, system: System, log: KmsgLog) -> None:
+        self.system = system
+        self.log = log
+
+    def open_as(self, dentry: Dentry, opener: Opener) -> OpenFile | int:
+        """kmsg_open: do_syslog(SYSLOG_ACTION_OPEN, SYSLOG_FROM_PROC) wants CAP_SYSLOG."""
+        if not opener.capable(CAP_SYSLOG):
+            return -errno.EPERM
+        return ProcKmsgFile(dentry, self.system, self.log, opener)
+
+
+class ProcKmsgFile(OpenFile):
+    unlocked = True  # a read waits for a record: never under the tree lock
+
+    def __init__(self, dentry: Dentry, system: System, log: KmsgLog, opener: Opener) -> None:
+        super().__init__(dentry)
+        self.system = system
+        self.kernel = system.kernel
+        self.log = log
+        self.opener = opener
+        self.generation = log.generation
+
+    def _read(self, size: int, off: int) -> ReadResult:
+        """kmsg_read: EAGAIN with O_NONBLOCK when nothing is unread, else wait for it."""
+        with self.log.cond:
+            while True:
+                out = self.system.proc_kmsg_read(self.kernel, size)
+                if out is not None:
+                    return out
+                if self.opener.flags & os.O_NONBLOCK:
+                    return -errno.EAGAIN
+                if self.generation != self.log.generation or self.opener.interrupted():
+                    return -errno.EINTR
+                self.log.cond.wait(KMSG_POLL)
+
+
 class MachineFiles:
     """The tree for one System, across its boots."""
 
@@ -199,6 +238,7 @@ class MachineFiles:
                                   Rendered(lambda o: proc_cmdline(system.kernel)))
         self._file("proc/iomem", 0o444, Rendered(self._iomem))
         self._file("proc/sysrq-trigger", 0o200, Rendered(None, self._sysrq))
+        self._file("proc/kmsg", 0o400, ProcKmsgOps(system, self.kmsg))
         self._file("dev/kmsg", 0o644, KmsgOps(system, self.kmsg))
         self._file("sys/kernel/kexec_loaded", 0o444, Rendered(
             lambda o: kexec_loaded_show(system.loaded is not None).encode()), SYSFS_SIZE)

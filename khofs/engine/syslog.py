@@ -74,9 +74,17 @@ def do_syslog(log: Printk, cmdline: str, user: UserAccess, action: int, buf: int
 
 
 def _read(log: Printk, user: UserAccess, buf: int, length: int) -> int | object:
-    """syslog_print: whole records while they fit; one that does not goes in parts."""
-    if log.syslog_seq >= len(log.records):
+    out = syslog_read(log, length)
+    if out is None:
         return WAIT
+    return len(out) if user.copy_to_user(buf, out) else -errno.EFAULT
+
+
+def syslog_read(log: Printk, length: int) -> bytes | None:
+    """syslog_print (also /proc/kmsg's read): unread records from syslog_seq, whole while
+    they fit, one that does not in parts; None when nothing is unread."""
+    if log.syslog_seq >= len(log.records):
+        return None
     out = b""
     while log.syslog_seq < len(log.records) and len(out) < length:
         text = syslog_text(log.records[log.syslog_seq])[log.syslog_partial:]
@@ -89,7 +97,7 @@ def _read(log: Printk, user: UserAccess, buf: int, length: int) -> int | object:
         out += text
         log.syslog_seq += 1
         log.syslog_partial = 0
-    return len(out) if user.copy_to_user(buf, out) else -errno.EFAULT
+    return out
 
 
 def _read_all(log: Printk, user: UserAccess, buf: int, length: int, clear: bool) -> int:

@@ -36,7 +36,7 @@ from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
 from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown, sys_reboot
-from khofs.engine.syslog import do_syslog
+from khofs.engine.syslog import do_syslog, syslog_read
 from khofs.engine.sysrq import handle_sysrq, sysrq_keys
 from khofs.engine.uaccess import UserAccess
 
@@ -327,6 +327,11 @@ class System:
         with self.lock:
             return do_syslog(self.kernel.log, self.kernel.params.cmdline, user, action, buf,
                              length)
+
+    def proc_kmsg_read(self, kernel: Kernel, length: int) -> bytes | None:
+        """/proc/kmsg's read of `kernel`'s log (syslog_read): None when nothing is unread."""
+        with self.lock:
+            return syslog_read(kernel.log, length)
 
     def crash_size(self) -> int:
         """crash_get_memory_size: /sys/kernel/kexec_crash_size. Without the lock: a

@@ -34,7 +34,7 @@ from khofs.run import namespace as ns
 REQUEST_MAX = 1 << 16
 DEVICES = (("null", 0o666), ("zero", 0o666), ("full", 0o666), ("random", 0o666),
            ("urandom", 0o666), ("tty", 0o666))
-PROC_FILES = ("cmdline", "iomem", "sysrq-trigger")
+PROC_FILES = ("cmdline", "iomem", "sysrq-trigger", "kmsg")
 
 
 @dataclass(frozen=True)
