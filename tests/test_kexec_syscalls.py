@@ -448,3 +448,12 @@ def test_reboot_in_a_pid_namespace_of_its_own(system: System) -> None:
     assert reboot(system, user, LINUX_REBOOT_CMD_KEXEC) == EINVAL
     assert reboot(system, user, LINUX_REBOOT_CMD_CAD_ON) == EINVAL
     assert system.going is None
+
+
+def test_restart_is_a_cold_boot_now(system: System, user: FakeUser) -> None:
+    assert load(system, user) == 0
+    system.restart()
+    assert system.kernel.boot_number == 2 and system.loaded is None
+    boots = [(b, r.text) for b, r in system.records]
+    assert (1, "reboot: Restarting system") in boots
+    assert boots[-len(system.kernel.log.records)][0] == 2

@@ -35,7 +35,7 @@ from khofs.engine.kexec_file import sys_kexec_file_load
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
-from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown, sys_reboot
+from khofs.engine.reboot import PR_FMT, PidNsReboot, Reboot, Shutdown, sys_reboot
 from khofs.engine.syslog import do_syslog, syslog_read
 from khofs.engine.sysrq import handle_sysrq, sysrq_keys
 from khofs.engine.uaccess import UserAccess
@@ -320,6 +320,13 @@ class System:
                 self.loaded = self.crash_loaded = None
                 self.kernel = self._boot(self.boot_cmdline, None, number, self.profile)
             self.crash = CrashRes.of(self.kernel.reservations)
+
+    def restart(self) -> None:
+        """A cold restart now, as reboot(RESTART) makes one: the kernel's last line, then
+        the next boot (RAM cleared, no image, no handover, the boot number going on)."""
+        with self.lock:
+            self._shut_down(Reboot(Shutdown.RESTART, PR_FMT + "Restarting system"))
+        self.boot_next()
 
     def sys_syslog(self, user: UserAccess, action: int, buf: int, length: int) -> int | object:
         """syslog(2) on this boot's log (khofs.engine.syslog): a count, a negative errno,
