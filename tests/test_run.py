@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.other_user import as_nobody, nobody_env
+
 EXAMPLES = Path(__file__).parent.parent / "examples" / "scripts"
 KHOFS = [sys.executable, "-m", "khofs"]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -42,8 +44,11 @@ def world() -> Iterator[Path]:
 
 def run(*args: str, user: list[str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(user or []), *KHOFS, "run", *args], capture_output=True, text=True,
-                          timeout=120, check=False, cwd=cwd, env=dict(os.environ, HOME="/tmp"))
+    # another user runs a world-readable copy of khofs: this checkout may be out of its reach
+    argv = as_nobody("run", *args) if user else [*KHOFS, "run", *args]
+    env = nobody_env(HOME="/tmp") if user else dict(os.environ, HOME="/tmp")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          cwd=cwd, env=env)
 
 
 def nothing_left() -> None:

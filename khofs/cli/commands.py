@@ -5,28 +5,61 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from khofs.cli.boot import boot_kernel, check_mountpoint, make_system, warn_kho_off
+from khofs.cli.boot import (
+    boot_kernel,
+    check_mountpoint,
+    make_system,
+    warn_kho_off,
+)
 from khofs.cli.parser import Usage
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from khofs.daemon import lifecycle as daemon
     from khofs.daemon.fuse_edge import load_backend
-    from khofs.daemon.state import default_log_path
+    from khofs.daemon.state import default_log_path, runtime_dir
 
-    mountpoint = os.path.abspath(args.mountpoint)
-    check_mountpoint(mountpoint)
+    mountpoint = mountpoint_arg(args.mountpoint)
+    check_mountpoint(mountpoint, args.mountpoint)
+    runtime_dir()  # one that is not ours is refused before anything boots
     load_backend()  # a KHOFS_FUSE backend that is not there fails here, before the daemon
     system = make_system(args)
     warn_kho_off(system.kernel)
     if args.foreground:
         return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug)
-    log_path = args.log or default_log_path(mountpoint)
-    status, problem = daemon.start(system, mountpoint, log_path, args.allow_other, args.debug)
+    logfd = _open_log(args.log, default_log_path(mountpoint))
+    status, problem = daemon.start(system, mountpoint, logfd, args.allow_other, args.debug)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
     return 0
+
+
+def _open_log(given: str | None, default: Path) -> int:
+    """--log FILE (as the user names it), else the state directory's log, never followed
+    through a symlink there."""
+    from khofs.daemon.lifecycle import open_log
+    from khofs.daemon.state import STATE_FILE_FLAGS
+
+    try:
+        if given is not None:
+            if not given:
+                raise Usage("--log '': an empty file name")
+            return open_log(given)
+        return os.open(default, os.O_WRONLY | os.O_CREAT | os.O_APPEND | STATE_FILE_FLAGS,
+                       0o600)
+    except OSError as e:
+        raise Usage(f"--log {given}: {e.strerror}" if given is not None
+                    else f"{default}: {e.strerror}") from None
+
+
+def mountpoint_arg(given: str) -> str:
+    """The mount point as an absolute path; an empty one is refused, as the kernel refuses
+    an empty path (ENOENT), instead of meaning the current directory."""
+    if not given:
+        raise Usage("mount point '': No such file or directory")
+    return os.path.abspath(given)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -36,12 +69,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
     options = [f"--{name.replace('_', '-')}={value}" for name, value in (
         ("machine", args.machine_arg), ("cmdline", args.cmdline), ("producers", args.producers),
-        ("seed", args.seed)) if value is not None]
+        ("seed", args.seed), ("boot-from", args.boot_from)) if value is not None]
     options += [f"--plugin={spec}" for spec in args.plugin]
     options += [flag for flag, on in (("--debug", args.debug),
                                       ("--allow-other", args.allow_other)) if on]
     try:
-        return run(options, command)
+        return run(options, command, log=args.log)
     except RunError as e:
         raise Usage(str(e)) from None
 
@@ -57,10 +90,12 @@ def cmd_machine_show(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from khofs.daemon import lifecycle as daemon
 
-    status = daemon.umount(os.path.abspath(args.mountpoint))
-    if status < 0:
+    done = daemon.umount(mountpoint_arg(args.mountpoint))
+    if done.status < 0:
         print(f"khofs: {args.mountpoint}: not mounted", file=sys.stderr)
         return 1
-    if status:
+    if done.note:  # the daemon did not answer: say what was done about it
+        print(f"khofs: {done.note}", file=sys.stderr)
+    if done.status:
         print(f"khofs: {args.mountpoint}: could not unmount", file=sys.stderr)
-    return status
+    return done.status

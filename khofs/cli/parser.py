@@ -38,14 +38,13 @@ def build_parser() -> Parser:
     m = sub.add_parser("mount", help="boot an emulated kernel and mount its debugfs")
     m.add_argument("mountpoint")
     _boot_options(m)
-    m.add_argument("--boot-from", metavar="DIR",
-                   help="boot the next kernel from what `khofs kexec --to DIR` left there")
-    m.add_argument("--foreground", action="store_true", help="serve in this process")
-    m.add_argument("--log", metavar="FILE", help="the daemon's log (default: under "
+    _serve_options(m, "serve in this process", "the daemon's log (default: under "
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
     r = sub.add_parser("run", help="run COMMAND with the emulated debugfs at /sys/kernel/debug "
                        "and a kexec for it, in a private mount namespace")
     _boot_options(r)
+    _serve_options(r, "accepted: `khofs run` always serves in the foreground",
+                   "the daemon's log (default: a file removed when COMMAND ends)")
     r.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
@@ -60,7 +59,7 @@ def build_parser() -> Parser:
                          "scratch areas, without mounting")
     show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
                       help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
-    show.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    show.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
 
@@ -82,14 +81,33 @@ def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    "this daemon is stopped later)")
 
 
+def _serve_options(p: argparse.ArgumentParser, foreground: str, log: str) -> None:
+    """How the machine is served: shared by mount and run."""
+    p.add_argument("--boot-from", metavar="DIR",
+                   help="boot the next kernel from what `khofs kexec --to DIR` left there")
+    p.add_argument("--foreground", action="store_true", help=foreground)
+    p.add_argument("--log", metavar="FILE", help=log)
+
+
+SEED_MAX = (1 << 64) - 1  # the seed a handover records is a u64
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a number from 0")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a number from 0 to "
+                                         f"{SEED_MAX} (2**64 - 1)")
     return value
+
+
+def _cmdline(text: str) -> str:
+    """--cmdline: one line, as a machine file's `cmdline` must be."""
+    if "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("has a line break: a command line is one line")
+    return text
 
 
 CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine file's "
@@ -114,4 +132,4 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--machine", default=None, dest="machine_arg",
                    help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
-    p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    p.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)

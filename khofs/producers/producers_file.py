@@ -27,7 +27,8 @@ from typing import Any
 
 from khofs.errors import ProducersFileError
 from khofs.lib.cmdline import memparse
-from khofs.producers.dts import check_dtb, compile_dts
+from khofs.lib.read_file import read_file
+from khofs.producers.dts import check_dtb, compile_dts, read_dtb
 from khofs.producers.spec import ProducerSpec
 
 PRODUCER_KEYS = {"name", "dts", "dtb", "preserve", "fail_finalize", "fail_abort", "builtin",
@@ -38,8 +39,7 @@ BUILTINS = ("kho_test",)  # built-in kernel users a producers file may switch on
 def load_producers(path: str | Path) -> list[ProducerSpec]:
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
+        doc = tomllib.loads(read_file(path).decode("utf-8"))
     except OSError as e:
         raise ProducersFileError(f"{path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -122,14 +122,13 @@ def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
         raise ProducersFileError(f"{where}: '{kind}' must be a file name")
     file = path.parent / rel
     try:
-        data = file.read_bytes()
-    except OSError as e:
-        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
-    try:
         if kind == "dtb":
+            data = read_dtb(file)
             check_dtb(data)
             return data
-        return compile_dts(data.decode())
+        return compile_dts(read_file(file).decode())
+    except OSError as e:
+        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ProducersFileError(f"{file}: {e}") from None
 

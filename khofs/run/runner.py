@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from khofs.daemon import mountinfo
 from khofs.run import namespace
@@ -39,23 +40,39 @@ class RunError(Exception):
 
 
 
-def _start_daemon(mnt: str, options: Sequence[str], log: Path,
+def _start_daemon(mnt: str, options: Sequence[str], log: BinaryIO,
                   env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`khofs mount --foreground` as our child; ready once the mount shows up."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "khofs", "mount", mnt, "--foreground", *options],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
-            preexec_fn=lambda: namespace.set_parent_death_signal(signal.SIGTERM))
+    """`khofs mount --foreground` as our child, its output appended to log; ready once the
+    mount shows up."""
+    start = log.seek(0, os.SEEK_END)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "khofs", "mount", mnt, "--foreground", *options],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        preexec_fn=lambda: namespace.set_parent_death_signal(signal.SIGTERM))
     deadline = time.monotonic() + START_TIMEOUT
     while not mountinfo.is_mounted(mnt):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            log.seek(start)
+            lines = [ln for ln in log.read().decode(errors="replace").splitlines()
+                     if ln.strip()]
             raise RunError(lines[-1].removeprefix("khofs: ") if lines else "the daemon failed")
         time.sleep(0.01)
     return proc
+
+
+def _open_log(log: str | None, tmp: Path) -> BinaryIO:
+    """--log FILE (appended to, as `khofs mount --log` does), else a file in tmp."""
+    if log is None:
+        return (tmp / "daemon.log").open("w+b")
+    try:
+        fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600)
+    except OSError as e:
+        raise RunError(f"--log {log}: {e.strerror}") from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+b")
 
 
 def _kexec_on_path(tmp: Path) -> str:
@@ -76,10 +93,12 @@ def _kexec_on_path(tmp: Path) -> str:
     return str(bindir)
 
 
-def run(options: Sequence[str], command: Sequence[str]) -> int:
+def run(options: Sequence[str], command: Sequence[str], log: str | None = None) -> int:
     """COMMAND's exit status (128 + signal when it was killed)."""
     if not command:
         raise RunError("run: no COMMAND given (khofs run [options] -- COMMAND)")
+    if log == "":
+        raise RunError("--log '': an empty file name")
     try:
         namespace.enter_private_namespace()
     except OSError as e:
@@ -91,9 +110,11 @@ def run(options: Sequence[str], command: Sequence[str]) -> int:
     # The daemon's pid file and control socket stay in our own directory: inside a user
     # namespace we are uid 0, and the real root's runtime directory is not ours.
     (tmp / "run").mkdir(mode=0o700)
+    os.chmod(tmp / "run", 0o700)  # whatever the umask: a runtime directory must be 0700
     env = dict(os.environ, KHOFS_MOUNT=mnt, XDG_RUNTIME_DIR=str(tmp / "run"))
     try:
-        daemon = _start_daemon(mnt, options, tmp / "daemon.log", env)
+        with _open_log(log, tmp) as logfile:
+            daemon = _start_daemon(mnt, options, logfile, env)
         namespace.mount(mnt, DEBUGFS, None, namespace.MS_BIND)
         env["PATH"] = _kexec_on_path(tmp) + os.pathsep + env.get("PATH", os.defpath)
         try:
