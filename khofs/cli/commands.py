@@ -94,8 +94,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if done.status < 0:
         print(f"khofs: {args.mountpoint}: not mounted", file=sys.stderr)
         return 1
-    if done.note:  # the daemon did not answer: say what was done about it
-        print(f"khofs: {done.note}", file=sys.stderr)
     if done.status:
-        print(f"khofs: {args.mountpoint}: could not unmount", file=sys.stderr)
+        problem = f" ({done.note})" if done.note else ""
+        print(f"khofs: {args.mountpoint}: could not unmount{problem}", file=sys.stderr)
+    elif done.note:  # the daemon did not answer: say what was done about it
+        print(f"khofs: {done.note}", file=sys.stderr)
     return done.status

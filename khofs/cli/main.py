@@ -19,7 +19,9 @@ from khofs.errors import InputError, Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, final: bool = False) -> int:
+    """Run one command: its exit status. `final`: the process ends after it (see
+    _signals_interrupt)."""
     from khofs.daemon.fuse_edge import BackendError
 
     # paths are bytes to the kernel: print them as the bytes they are
@@ -27,11 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="surrogateescape")
     try:
-        with _signals_interrupt():
+        with _signals_interrupt(final):
             args = build_parser().parse_args(argv)
             command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
                        "kexec": cmd_kexec, "log": cmd_log, "run": cmd_run}[args.command]
-            return command(args)
+            status = command(args)
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # the outcome is decided
+            return status
     # BackendError: KHOFS_FUSE names a backend that is not there
     except (Usage, InputError, BackendError) as e:
         print(f"khofs: {e}", file=sys.stderr)
@@ -51,12 +55,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise Interrupted while the command runs (then the
-    handlers it found are back: main() may be called from a test)."""
+def _signals_interrupt(final: bool) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted while the command runs, and are blocked
+    once its outcome is decided. A process that ends after the command (`final`) keeps them
+    blocked: a late Ctrl-C must not report a mount that is up as interrupted. Otherwise
+    (a test calling main()) the handlers and the mask it found are back."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     old = {signum: signal.signal(signum, _interrupt) for signum in SIGNALS}
     try:
         yield
     finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
+        if not final:
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)

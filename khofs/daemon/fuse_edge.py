@@ -1,9 +1,12 @@
 """The FUSE edge: serves a debugfs tree through fusepy (libfuse2) or mfusepy (libfuse3).
 
 This is the only module that imports a FUSE binding. It maps FUSE calls onto the debugfs
-layer and turns its negative errnos into FuseError. Every open uses direct I/O, because
-debugfs files report size 0 and the page cache would read nothing; attribute files are opened
-non-seekable, as simple_attr_open does.
+layer and turns its negative errnos into FuseError. Every open uses direct I/O: a read gets
+what the file gives at that moment, as from debugfs, never a cached page; attribute files are
+opened non-seekable, as simple_attr_open does. sendfile and splice still go through the page
+cache up to the size stat reports, so seekable files report the size of their data
+(splice_size: a known difference from debugfs's 0). An O_DIRECT open is refused as debugfs
+refuses it; mmap(MAP_SHARED) FUSE refuses itself (ENODEV, as debugfs).
 
 The binding is chosen by the environment variable KHOFS_FUSE: "2" (the default) is fusepy
 over libfuse2, "3" is mfusepy over libfuse3 (`pip install khofs[fuse3]`). Nothing is loaded

@@ -118,7 +118,10 @@ def start(system: System, mountpoint: str, logfd: int, allow_other: bool,
         os.close(w)
         os.close(logfd)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C lands here
-        return _await_ready(pid, r, mountpoint)
+        result = _await_ready(pid, r, mountpoint)
+        if not result[0]:  # up: from here a signal is too late to undo it
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        return result
     except BaseException:
         if pid:
             _undo(pid, mountpoint)

@@ -116,6 +116,10 @@ def _tokenize(text: str) -> list[_Tok]:
         if m is None or m.lastgroup is None:
             what = "unterminated string" if text[pos] == '"' else "unexpected character"
             raise _fail(line, f"{what} {text[pos]!r}")
+        if m.lastgroup == "string" and "\\" in m.group():
+            # escapes (\" \n \\) are outside the subset; an escaped quote would otherwise
+            # end the string early and show as an unterminated one
+            raise _fail(line, "'\\' inside a string is not supported")
         if m.lastgroup not in ("space", "comment"):
             toks.append(_Tok(m.lastgroup, m.group(), line))
         line += m.group().count("\n")

@@ -42,7 +42,9 @@ def load_producers(path: str | Path) -> list[ProducerSpec]:
         doc = tomllib.loads(read_file(path).decode("utf-8"))
     except OSError as e:
         raise ProducersFileError(f"{path}: {e.strerror or e}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ProducersFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
         raise ProducersFileError(f"{path}: {e}") from None
     unknown = set(doc) - {"producer"}
     if unknown:
@@ -129,7 +131,9 @@ def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
         return compile_dts(read_file(file).decode())
     except OSError as e:
         raise ProducersFileError(f"{file}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ProducersFileError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:
         raise ProducersFileError(f"{file}: {e}") from None
 
 
