@@ -155,7 +155,7 @@ def test_odd_mount_points_work_byte_for_byte(tmp_path: Path, backend: str,
 # --- U3: the DTS subset's limits say what they are -----------------------------------------
 
 @pytest.mark.parametrize("source, problem", [
-    (b'/dts-v1/;\n/ { a = "x\\"y"; };\n', "line 2: '\\' inside a string is not supported"),
+    (b'/dts-v1/;\n/ { a = "x\\"y"; };\n', "line 2: '\\\\' inside a string is not supported"),
     (b'/dts-v1/;\n/ { a = ""; };\n', "line 2: empty strings, strings with outer spaces and "
                                        "strings starting with ',' are not supported"),
     (b'/dts-v1/;\n/ { a = "\xff"; };\n', "not UTF-8 text (byte 19)"),

@@ -16,14 +16,21 @@ from hypothesis import strategies as st
 from khofs.daemon import state
 from tests.hardening import KHOFS, khofs, mounted, nothing_left
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: its .venv runs khofs
+
 # --- S1: /tmp/khofs-UID made first by another user ---------------------------------------
 
 # Runs as root in a mount namespace of its own with a private /tmp, so the machine's
-# /tmp/khofs-0 (other runs use it) is neither seen nor touched. "nobody" got there first: a
-# 0777 /tmp/khofs-0 with a symlink at the pid file's name, pointing at a root-only file.
+# /tmp/khofs-0 (other runs use it) is neither seen nor touched; the checkout (which may be
+# under /tmp) is bound back at its own path from a descriptor opened before. "nobody" got
+# there first: a 0777 /tmp/khofs-0 with a symlink at the pid file's name, pointing at a
+# root-only file.
 PLANTED = r"""
 set -u
+root=$1; shift
+exec 3<"$root"
 mount -t tmpfs tmpfs /tmp
+mkdir -p "$root" && mount --bind /proc/self/fd/3 "$root"
 mkdir /tmp/mnt /tmp/khofs-0
 printf 'secret\n' > /tmp/victim && chmod 600 /tmp/victim
 chown 65534:65534 /tmp/khofs-0 && chmod 0777 /tmp/khofs-0
@@ -56,7 +63,8 @@ stat -c '%a %U %n' /tmp/khofs-0 /tmp/khofs-0/tmp-mnt.pid /tmp/khofs-0/tmp-mnt.lo
 @pytest.mark.mount
 def test_a_runtime_directory_that_is_not_ours_is_refused() -> None:
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", PLANTED,
-                        "sh", *KHOFS], capture_output=True, text=True, timeout=120, check=False)
+                        "sh", str(ROOT), *KHOFS], capture_output=True, text=True, timeout=120,
+                       check=False)
     assert r.stdout.splitlines() == [
         "status=2", "victim=secret", "0",
         "status=2", "victim=secret", "0",
@@ -78,11 +86,12 @@ def test_a_runtime_directory_that_is_not_ours_is_refused() -> None:
     ("/proc", "mode 0555, not 0700: a runtime directory must be the user's own with mode "
               "0700"),
     ("/etc/passwd", "not a directory"),
-    ("/nonexistent-khofs/deep", "No such file or directory"),
+    ("TMP/nonexistent/deep", "No such file or directory"),
 ])
 def test_a_bad_xdg_runtime_dir_is_one_line(tmp_path: Path, value: str, problem: str) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
+    value = value.replace("TMP", str(tmp_path))
     env = {**os.environ, "XDG_RUNTIME_DIR": value}
     for args in (["mount", mnt], ["log", mnt], ["umount", mnt]):
         r = khofs(*args, env=env)
@@ -92,7 +101,7 @@ def test_a_bad_xdg_runtime_dir_is_one_line(tmp_path: Path, value: str, problem: 
         assert (r.returncode, r.stdout) == (2, "")
         assert r.stderr == f"khofs: XDG_RUNTIME_DIR={value}: {problem}\n"
     nothing_left(mnt)
-    assert not os.path.exists("/nonexistent-khofs")  # nothing made on the way
+    assert not (tmp_path / "nonexistent").exists()  # nothing made on the way
 
 
 def test_an_xdg_runtime_dir_of_another_mode_is_refused(tmp_path: Path) -> None:

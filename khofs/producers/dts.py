@@ -119,7 +119,7 @@ def _tokenize(text: str) -> list[_Tok]:
         if m.lastgroup == "string" and "\\" in m.group():
             # escapes (\" \n \\) are outside the subset; an escaped quote would otherwise
             # end the string early and show as an unterminated one
-            raise _fail(line, "'\\' inside a string is not supported")
+            raise _fail(line, f"{chr(92)!r} inside a string is not supported")
         if m.lastgroup not in ("space", "comment"):
             toks.append(_Tok(m.lastgroup, m.group(), line))
         line += m.group().count("\n")
