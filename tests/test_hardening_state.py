@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: its .venv runs kh
 
 # Runs as root in a mount namespace of its own with a private /tmp, so the machine's
 # /tmp/khofs-0 (other runs use it) is neither seen nor touched; the checkout (which may be
-# under /tmp) is bound back at its own path from a descriptor opened before. "nobody" got
+# under /tmp) is bound back at its own path from a descriptor opened before (not
+# canonicalized: the path would name the new, empty directory). "nobody" got
 # there first: a 0777 /tmp/khofs-0 with a symlink at the pid file's name, pointing at a
 # root-only file.
 PLANTED = r"""
@@ -30,7 +31,7 @@ set -u
 root=$1; shift
 exec 3<"$root"
 mount -t tmpfs tmpfs /tmp
-mkdir -p "$root" && mount --bind /proc/self/fd/3 "$root"
+mkdir -p "$root" && mount --no-canonicalize --bind /proc/self/fd/3 "$root"
 mkdir /tmp/mnt /tmp/khofs-0
 printf 'secret\n' > /tmp/victim && chmod 600 /tmp/victim
 chown 65534:65534 /tmp/khofs-0 && chmod 0777 /tmp/khofs-0

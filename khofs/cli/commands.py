@@ -88,9 +88,9 @@ def cmd_machine_show(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from khofs.daemon import lifecycle as daemon
+    from khofs.daemon.detach import umount
 
-    done = daemon.umount(mountpoint_arg(args.mountpoint))
+    done = umount(mountpoint_arg(args.mountpoint))
     if done.status < 0:
         print(f"khofs: {args.mountpoint}: not mounted", file=sys.stderr)
         return 1

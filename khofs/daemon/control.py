@@ -14,6 +14,9 @@ The protocol is one JSON object per line, each way:
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
            (a follow stream ends when the daemon stops, as the connection closes)
     refused, malformed or unknown -> {"status": 1, "error": "one line"}
+
+A kexec request whose client hung up before the daemon read it (it gave up on a daemon that
+was stopped) is dropped, and the log says so: nothing happens that no one waits for.
 """
 
 from __future__ import annotations
@@ -169,7 +172,11 @@ class ControlServer:
             op = req["op"] if isinstance(req, dict) else None
         except (ValueError, KeyError):
             op = None
-        if op == "kexec":
+        if op == "kexec" and _peer_closed(conn):
+            # the client gave up (a daemon that was stopped is continued): what it no
+            # longer waits for must not happen behind its back
+            log.warning("khofs: control: dropped a kexec request whose client went away")
+        elif op == "kexec":
             self._kexec(conn, req)
         elif op == "log":
             self._log(conn, bool(req.get("follow")))
@@ -295,6 +302,7 @@ class _Replies:
         self.pid = peer_credentials(sock)[0]  # the daemon: it listened on the socket
         self.buf = b""
         sock.settimeout(POLL)
+        self._check(None)  # a stopped daemon gets no request: it would run it when continued
 
     def _recv(self, deadline: float | None) -> bytes:
         while True:

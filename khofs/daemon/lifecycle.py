@@ -1,4 +1,5 @@
-"""The mount's life cycle: start a daemon that serves an emulated machine, and unmount.
+"""The mount's life cycle: start a daemon that serves an emulated machine, and unmount
+(khofs.daemon.detach).
 
 `start` forks a daemon (its command line is the `khofs mount MOUNTPOINT ...` that started
 it), which serves FUSE and says "ready" from the FUSE init callback; until then its stderr is
@@ -26,8 +27,7 @@ from collections.abc import Callable
 
 from khofs.daemon import mountinfo
 from khofs.daemon.control import ControlServer
-from khofs.daemon.detach import Unmounted
-from khofs.daemon.detach import umount as _umount
+from khofs.daemon.detach import umount
 from khofs.daemon.served import ServedSystem
 from khofs.daemon.state import pid_path, socket_path, write_pid_file
 from khofs.engine.system import System
@@ -37,10 +37,6 @@ START_TIMEOUT = 30.0
 # what ends a command, and what libfuse handles itself in a daemon (fuse_set_signal_handlers
 # installs its handlers only where the disposition is SIG_DFL)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def umount(mountpoint: str) -> Unmounted:
-    return _umount(mountpoint)
 
 
 def open_log(path: str) -> int:
