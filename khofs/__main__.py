@@ -1,5 +1,5 @@
 """`python -m khofs` is the `khofs` command."""
 
-from khofs.cli.main import main
+from khofs.cli.entry import main
 
 raise SystemExit(main())

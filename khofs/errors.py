@@ -26,3 +26,21 @@ class PluginError(InputError):
 
 class StateDirError(InputError):
     """`--boot-from DIR`: a handover directory that is missing, partial or corrupt."""
+
+
+class RuntimeDirError(InputError):
+    """The runtime directory ($XDG_RUNTIME_DIR, /tmp/khofs-UID) is missing or not ours."""
+
+
+class FileKindError(InputError):
+    """A file given as input is not a regular file (a directory, a FIFO, a device)."""
+
+
+class Interrupted(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGINT, SIGTERM or SIGHUP reached a command: it undoes what it started and exits with
+    128 + the signal's number. Not a KeyboardInterrupt, so that plugin code raising one
+    (or SystemExit) is told apart from a real signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

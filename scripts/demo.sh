@@ -2,15 +2,21 @@
 # `make demo`: a short walk through a fresh khofs mount, each command printed before its output.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-mnt=$(mktemp -d /tmp/khofs-demo.XXXXXX)
+mnt=$(mktemp -d "${TMPDIR:-/tmp}/khofs-demo.XXXXXX")
 cleanup() {
   cd /
-  if grep -q " $mnt " /proc/mounts; then khofs umount "$mnt" || true; fi
+  if grep -q " $mnt " /proc/mounts; then khofs umount "$mnt" >/dev/null 2>&1 || true; fi
   rmdir "$mnt" 2>/dev/null || true
 }
 trap cleanup EXIT
+# A signal's default action would end the script without its EXIT trap: `make demo | head`
+# (SIGPIPE once head has gone), Ctrl-C, kill, a closed terminal. Exit through the trap.
+trap 'exit 141' PIPE
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-run() { printf '\n\033[1m$ %s\033[0m\n' "$*"; eval "$*"; }
+run() { printf '\n\033[1m$ %s\033[0m\n' "$*" 2>/dev/null || exit 141; eval "$*"; }
 
 run khofs mount "$mnt" --producers "$here/examples/demo/producers.toml"
 cd "$mnt"

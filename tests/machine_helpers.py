@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from khofs.engine.uaccess import CAP_SYS_ADMIN, CAP_SYS_BOOT
+from tests.other_user import SETPRIV, as_nobody, nobody_env
 
 MiB = 1 << 20
 KHOFS = [sys.executable, "-m", "khofs"]
 # The other user of the tests. It runs the khofs of this checkout with this checkout's
 # interpreter: the checkout and its .venv must be readable by it.
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NOBODY = SETPRIV  # the prefix that runs a command as nobody
 PROGRAMS = Path(__file__).parent / "programs"
 
 
@@ -78,10 +79,15 @@ def scratch() -> Iterator[Scratch]:
 
 def khofs_run(*args: str, sc: Scratch, user: list[str] | None = None,
               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`khofs run ARGS` as root, or as the user `user` prefixes, its TMPDIR in sc."""
-    env = dict(os.environ, HOME="/tmp", TMPDIR=str(sc.tmpdir))
-    return subprocess.run([*(user or []), *KHOFS, "run", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, env=env, cwd=sc.path)
+    """`khofs run ARGS` as root, or as nobody (`user` is NOBODY) from the world-readable copy
+    of khofs (this checkout may be out of nobody's reach), its TMPDIR in sc."""
+    if user is None:
+        argv, env = [*KHOFS, "run", *args], dict(os.environ, HOME="/tmp", TMPDIR=str(sc.tmpdir))
+    else:
+        assert user == NOBODY
+        argv, env = as_nobody("run", *args), nobody_env(HOME="/tmp", TMPDIR=str(sc.tmpdir))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env, cwd=sc.path)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from tests.helpers import (
     sh,
     wait_gone,
 )
+from tests.other_user import as_nobody, base_python, nobody_env
 
 pytestmark = pytest.mark.mount
 
@@ -93,15 +94,14 @@ def test_the_socket_goes_with_the_daemon(tmp_path: Path) -> None:
 def test_other_users_are_refused(mount: Mounter, tmp_path: Path) -> None:
     mnt = mount()
     path = socket_path(str(mnt))
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("XDG_RUNTIME_DIR", None)
+    env = nobody_env()  # nobody runs a world-readable copy: the checkout may be out of reach
     for args in (["log", str(mnt)], ["kexec", str(mnt)]):
-        r = subprocess.run([*SETPRIV, *KHOFS, *args], capture_output=True, text=True,
+        r = subprocess.run(as_nobody(*args), capture_output=True, text=True,
                            timeout=60, env=env, check=False)
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r
         assert r.stderr == f"khofs: {mnt}: mounted by uid 0: only that user may use its daemon\n"
     # nobody cannot even reach the socket: the runtime directory and the socket are 0700/0600
-    r = subprocess.run([*SETPRIV, sys.executable, "-c", RAW_CLIENT, str(path)],
+    r = subprocess.run([*SETPRIV, base_python(), "-c", RAW_CLIENT, str(path)],
                        capture_output=True, text=True, timeout=60, env=env, check=False)
     assert r.stdout == "13\n", r  # EACCES
     # and past the file modes, SO_PEERCRED: refused, and the refusal is in the daemon's log

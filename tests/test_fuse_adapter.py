@@ -39,6 +39,7 @@ LIBFUSE = {"2": "libfuse.so.2", "3": "libfuse3.so.3"}
 
 class FileInfo:
     fh = 0
+    flags = os.O_RDONLY
     direct_io = 0
     nonseekable = 0
 

@@ -91,5 +91,5 @@ def test_machine_show_with_cmdline_and_kho_off() -> None:
            "0x10000000" in r.stdout
     assert "scratch_len:\n0x40000000\n0x20000000\n0x10000000\n" in r.stdout
     r = khofs("machine", "show", "qemu-vmtest", "--cmdline", "quiet")
-    assert "KHO: off (kho= is not on the command line)" in r.stdout
+    assert "KHO: off (kho=on is not on the command line)" in r.stdout
     assert "scratch_phys" not in r.stdout

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from khofs.engine.driver import Initcall
     from khofs.engine.era import Profile
     from khofs.engine.kernel import Kernel
+    from khofs.engine.machine import Machine
     from khofs.engine.system import System
     from khofs.producers.plugin import PluginFactory
     from khofs.producers.spec import ProducerSpec
@@ -22,15 +23,19 @@ DEFAULT_CMDLINE = "kho=on"
 DEFAULT_MACHINE = "laptop"
 
 
-def check_mountpoint(path: str) -> None:
+def check_mountpoint(path: str, given: str) -> None:
+    """A directory where nothing is mounted, empty. What is mounted there is looked up in
+    mountinfo before anything stats the path: a dead khofs mount fails a stat with ENOTCONN
+    (which is not "does not exist"), and one whose daemon is stopped never answers it."""
     from khofs.daemon import mountinfo
 
+    mount = mountinfo.find(path)
+    if mount is not None:
+        raise Usage(f"mount point {path}: {_occupied(mount.fstype, path, given)}")
     if not os.path.exists(path):
         raise Usage(f"mount point {path}: does not exist")
     if not os.path.isdir(path):
         raise Usage(f"mount point {path}: not a directory")
-    if mountinfo.fstype(path) is not None:
-        raise Usage(f"mount point {path}: busy (something is already mounted there)")
     try:
         entries = os.listdir(path)
     except OSError as e:
@@ -40,6 +45,39 @@ def check_mountpoint(path: str) -> None:
         raise Usage(f"mount point {path}: not empty")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise Usage("/dev/fuse: not available (load the fuse module or run with access to it)")
+
+
+def _occupied(fstype: str, path: str, given: str) -> str:
+    """What is wrong with mounting over what is mounted at path."""
+    import errno
+
+    from khofs.daemon.probe import TIMED_OUT, stat_errno
+
+    if fstype != "fuse.khofs":
+        return "busy (something is already mounted there)"
+    err = stat_errno(path)
+    if err == errno.ENOTCONN:
+        return f"a dead khofs mount (its daemon is gone): run `khofs umount {given}` first"
+    if err == TIMED_OUT:
+        return (f"a khofs mount whose daemon does not answer (stopped?): run `khofs umount "
+                f"{given}` first")
+    return "busy (khofs is already mounted there)"
+
+
+def cmdline_of(args: argparse.Namespace, machine: Machine) -> str:
+    """--cmdline, else the machine file's, else kho=on; a warning when it is longer than the
+    kernel keeps."""
+    from khofs.engine.cmdline import COMMAND_LINE_SIZE, boot_command_line
+
+    cmdline: str = (args.cmdline if args.cmdline is not None
+                    else machine.cmdline or DEFAULT_CMDLINE)
+    kept = boot_command_line(cmdline)
+    if kept != cmdline:
+        size = len(os.fsencode(cmdline))
+        print(f"khofs: the command line is {size} bytes: the kernel keeps the first "
+              f"{len(os.fsencode(kept))} (COMMAND_LINE_SIZE {COMMAND_LINE_SIZE}), the rest is "
+              "ignored", file=sys.stderr)
+    return cmdline
 
 
 def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
@@ -79,9 +117,8 @@ def boot_kernel(args: argparse.Namespace) -> Kernel:
     from khofs.producers.table import boot_table
 
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
-    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
-    return Kernel(machine, cmdline, boot_table(), uid=os.getuid(), gid=os.getgid(),
-                  profile=profile_arg(args.abi))
+    return Kernel(machine, cmdline_of(args, machine), boot_table(), uid=os.getuid(),
+                  gid=os.getgid(), profile=profile_arg(args.abi))
 
 
 def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) -> System:
@@ -97,10 +134,9 @@ def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) 
     profile = profile_arg(args.abi)
     check_table(args, initcalls, profile, *([next_profile] if next_profile else []))
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
-    cmdline = args.cmdline if args.cmdline is not None else machine.cmdline or DEFAULT_CMDLINE
     uid, gid = owner or (os.getuid(), os.getgid())
-    return System(machine, cmdline, initcalls, seed=args.seed or 0, uid=uid, gid=gid,
-                  profile=profile, next_profile=next_profile)
+    return System(machine, cmdline_of(args, machine), initcalls, seed=args.seed or 0, uid=uid,
+                  gid=gid, profile=profile, next_profile=next_profile)
 
 
 def _system_from(args: argparse.Namespace, initcalls: list[Initcall],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khofs.cli.boot import (
@@ -27,20 +28,47 @@ if TYPE_CHECKING:
 def cmd_mount(args: argparse.Namespace) -> int:
     from khofs.daemon import lifecycle as daemon
     from khofs.daemon.fuse_edge import load_backend
-    from khofs.daemon.state import default_log_path
+    from khofs.daemon.state import default_log_path, runtime_dir
 
-    mountpoint = os.path.abspath(args.mountpoint)
-    check_mountpoint(mountpoint)
+    mountpoint = mountpoint_arg(args.mountpoint)
+    check_mountpoint(mountpoint, args.mountpoint)
+    runtime_dir()  # one that is not ours is refused before anything boots
     load_backend()  # a KHOFS_FUSE backend that is not there fails here, before the daemon
     system = make_system(args)
     warn_kho_off(system.kernel)
     if args.foreground:
         return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug)
-    log_path = args.log or default_log_path(mountpoint)
-    status, problem = daemon.start(system, mountpoint, log_path, args.allow_other, args.debug)
+    logfd = _open_log(args.log, default_log_path(mountpoint))
+    status, problem = daemon.start(system, mountpoint, logfd, args.allow_other, args.debug)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
     return 0
+
+
+def _open_log(given: str | None, default: Path) -> int:
+    """--log FILE (as the user names it), else the state directory's log, never followed
+    through a symlink there."""
+    from khofs.daemon.lifecycle import open_log
+    from khofs.daemon.state import STATE_FILE_FLAGS
+
+    try:
+        if given is not None:
+            if not given:
+                raise Usage("--log '': an empty file name")
+            return open_log(given)
+        return os.open(default, os.O_WRONLY | os.O_CREAT | os.O_APPEND | STATE_FILE_FLAGS,
+                       0o600)
+    except OSError as e:
+        raise Usage(f"--log {given}: {e.strerror}" if given is not None
+                    else f"{default}: {e.strerror}") from None
+
+
+def mountpoint_arg(given: str) -> str:
+    """The mount point as an absolute path; an empty one is refused, as the kernel refuses
+    an empty path (ENOENT), instead of meaning the current directory."""
+    if not given:
+        raise Usage("mount point '': No such file or directory")
+    return os.path.abspath(given)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,12 +155,15 @@ def cmd_machine_show(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from khofs.daemon import lifecycle as daemon
+    from khofs.daemon.detach import umount
 
-    status = daemon.umount(os.path.abspath(args.mountpoint))
-    if status < 0:
+    done = umount(mountpoint_arg(args.mountpoint))
+    if done.status < 0:
         print(f"khofs: {args.mountpoint}: not mounted", file=sys.stderr)
         return 1
-    if status:
-        print(f"khofs: {args.mountpoint}: could not unmount", file=sys.stderr)
-    return status
+    if done.status:
+        problem = f" ({done.note})" if done.note else ""
+        print(f"khofs: {args.mountpoint}: could not unmount{problem}", file=sys.stderr)
+    elif done.note:  # the daemon did not answer: say what was done about it
+        print(f"khofs: {done.note}", file=sys.stderr)
+    return done.status

@@ -38,10 +38,7 @@ def build_parser() -> Parser:
     m = sub.add_parser("mount", help="boot an emulated kernel and mount its debugfs")
     m.add_argument("mountpoint")
     _boot_options(m)
-    m.add_argument("--boot-from", metavar="DIR",
-                   help="boot the next kernel from what `khofs kexec --to DIR` left there")
-    m.add_argument("--foreground", action="store_true", help="serve in this process")
-    m.add_argument("--log", metavar="FILE", help="the daemon's log (default: under "
+    _serve_options(m, "serve in this process", "the daemon's log (default: under "
                    "$XDG_RUNTIME_DIR/khofs or /tmp/khofs-UID)")
     r = sub.add_parser("run", help="run COMMAND as the userspace of an emulated machine: its "
                        "kexec and reboot system calls, /proc and /sys files and debugfs are "
@@ -56,7 +53,6 @@ def build_parser() -> Parser:
     root.add_argument("--initrd", metavar="FILE", help="a newc cpio archive (gzip-compressed "
                       "or not) unpacked as COMMAND's root at every boot (COMMAND: /init)")
     root.add_argument("--root", metavar="DIR", help="DIR as COMMAND's root (COMMAND: /init)")
-    # --next-abi ERA (the next kernel's ABI era) belongs here, beside the boot options.
     r.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
@@ -72,7 +68,7 @@ def build_parser() -> Parser:
                          "scratch areas, without mounting")
     show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
                       help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
-    show.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    show.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)
     show.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
@@ -118,6 +114,15 @@ def _boots(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: a positive integer")
     return value
+def _serve_options(p: argparse.ArgumentParser, foreground: str, log: str) -> None:
+    """How the machine is served: shared by mount and run."""
+    p.add_argument("--boot-from", metavar="DIR",
+                   help="boot the next kernel from what `khofs kexec --to DIR` left there")
+    p.add_argument("--foreground", action="store_true", help=foreground)
+    p.add_argument("--log", metavar="FILE", help=log)
+
+
+SEED_MAX = (1 << 64) - 1  # the seed a handover records is a u64
 
 
 def _seed(text: str) -> int:
@@ -125,9 +130,17 @@ def _seed(text: str) -> int:
         value = int(text, 0)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a number from 0")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a number from 0 to "
+                                         f"{SEED_MAX} (2**64 - 1)")
     return value
+
+
+def _cmdline(text: str) -> str:
+    """--cmdline: one line, as a machine file's `cmdline` must be."""
+    if "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("has a line break: a command line is one line")
+    return text
 
 
 CMDLINE_HELP = ("the emulated kernel's whole command line (default: the machine file's "
@@ -170,5 +183,5 @@ def _machine_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--machine", default=None, dest="machine_arg",
                    help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
-    p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
+    p.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)
     p.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)

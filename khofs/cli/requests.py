@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from khofs.cli.parser import Usage
+from khofs.errors import Interrupted
 
 UNMOUNT_TIMEOUT = 10.0
 
@@ -21,6 +22,8 @@ def _control(mountpoint: str) -> tuple[str, Path]:
     from khofs.daemon import mountinfo
     from khofs.daemon.state import socket_path
 
+    if not mountpoint:
+        raise Usage("mount point '': No such file or directory")
     path = os.path.abspath(mountpoint)
     mount = mountinfo.find(path)
     if mount is None or mount.fstype != "fuse.khofs":
@@ -48,12 +51,15 @@ def cmd_kexec(args: argparse.Namespace) -> int:
                     "--image or --initrd")
     if args.exec_only and args.abi is not None:
         raise Usage("--exec-only boots what is loaded: it takes no --abi")
-    to = os.path.abspath(args.to) if args.to else None
-    image_size, release = _image_head(args.image) if args.image else (None, None)
+    if args.to == "":
+        raise Usage("--to '': an empty directory name (kexec into another process needs "
+                    "one)")
+    to = os.path.abspath(args.to) if args.to is not None else None
+    image_size, release = _image_head(args.image) if args.image is not None else (None, None)
     request = KexecRequest(
         load=load, execute=not args.load_only, append=args.append,
         command_line=args.command_line, image_size=image_size,
-        initrd_size=_file_size(args.initrd) if args.initrd else 0, to=to,
+        initrd_size=_file_size(args.initrd) if args.initrd is not None else 0, to=to,
         abi=args.abi, image_release=release)
     try:
         mountpoint, sock = _control(args.mountpoint)
@@ -88,8 +94,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     except (Failure, ControlError) as e:
         print(f"khofs: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130  # Ctrl-C ends -f, as it ends `dmesg -w`
+    except Interrupted as e:
+        return 128 + e.signum  # Ctrl-C ends -f quietly, as it ends `dmesg -w`
     except BrokenPipeError:
         # `khofs log MNT | head`: the reader is gone; say nothing, as dmesg does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -100,8 +106,12 @@ def cmd_log(args: argparse.Namespace) -> int:
 # --- image sizes, as kexec_file_load's image loaders size the kernel segment -------------
 
 def _file_size(path: str) -> int:
+    """--initrd: a regular file's size (kexec-tools reads the file whole)."""
+    from khofs.lib.read_file import open_regular
+
     try:
-        return os.stat(path).st_size
+        with open_regular(path) as f:
+            return os.fstat(f.fileno()).st_size
     except OSError as e:
         raise Usage(f"{path}: {e.strerror or e}") from None
 
@@ -109,9 +119,10 @@ def _file_size(path: str) -> int:
 def _image_head(path: str) -> tuple[int, str | None]:
     """The kernel segment's size and the release the image names (None: it names none)."""
     from khofs.engine.kexec import BZIMAGE_HEAD_MAX, kernel_image_release, kernel_image_size
+    from khofs.lib.read_file import open_regular
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(BZIMAGE_HEAD_MAX)
             size = kernel_image_size(head, os.fstat(f.fileno()).st_size)
     except OSError as e:

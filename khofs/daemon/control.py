@@ -15,6 +15,9 @@ The protocol is one JSON object per line, each way:
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
            (a follow stream ends when the daemon stops, as the connection closes)
     refused, malformed or unknown -> {"status": 1, "error": "one line"}
+
+A kexec request whose client hung up before the daemon read it (it gave up on a daemon that
+was stopped) is dropped, and the log says so: nothing happens that no one waits for.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
+
+from khofs.daemon.probe import is_stopped
 
 log = logging.getLogger("khofs.daemon.control")
 
@@ -188,7 +194,11 @@ class ControlServer:
             op = req["op"] if isinstance(req, dict) else None
         except (ValueError, KeyError):
             op = None
-        if op == "kexec":
+        if op == "kexec" and _peer_closed(conn):
+            # the client gave up (a daemon that was stopped is continued): what it no
+            # longer waits for must not happen behind its back
+            log.warning("khofs: control: dropped a kexec request whose client went away")
+        elif op == "kexec":
             self._kexec(conn, req)
         elif op == "log":
             self._log(conn, bool(req.get("follow")))
@@ -268,6 +278,14 @@ def _peer_closed(conn: socket.socket) -> bool:
 
 
 # --- the client's side ------------------------------------------------------------------
+#
+# Every wait for the daemon is bounded: a daemon that is stopped (SIGSTOP, Ctrl-Z) is seen at
+# once through /proc (its pid is the socket's peer), and one that does not answer at all is
+# given up on after REPLY_TIMEOUT; either is one line (ControlError).
+
+REPLY_TIMEOUT = 60.0
+POLL = 0.2
+
 
 def connect(path: Path, mountpoint: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -299,24 +317,65 @@ def _request(sock: socket.socket, doc: dict[str, Any], mountpoint: str) -> None:
         raise ControlError(f"{mountpoint}: control socket: {e.strerror or e}") from None
 
 
-def _messages(f: IO[bytes], mountpoint: str) -> Any:
-    """The daemon's replies, one JSON object per line, until it closes the connection."""
-    while True:
-        try:
-            line = f.readline()
-        except OSError as e:
-            raise ControlError(f"{mountpoint}: control socket: {e.strerror or e}") from None
-        if not line:
-            return
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            raise ControlError(f"{mountpoint}: unreadable reply from the daemon") from None
-        if not isinstance(msg, dict):
-            raise ControlError(f"{mountpoint}: unreadable reply from the daemon")
-        if msg.get("status"):
-            raise ControlError(str(msg.get("error", "failed")))
-        yield msg
+class _Replies:
+    """The daemon's reply lines, read with bounded waits (a socket file object cannot take
+    a timeout and go on reading)."""
+
+    def __init__(self, sock: socket.socket, mountpoint: str) -> None:
+        self.sock = sock
+        self.mountpoint = mountpoint
+        self.pid = peer_credentials(sock)[0]  # the daemon: it listened on the socket
+        self.buf = b""
+        sock.settimeout(POLL)
+        self._check(None)  # a stopped daemon gets no request: it would run it when continued
+
+    def _recv(self, deadline: float | None) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except TimeoutError:
+                self._check(deadline)
+            except OSError as e:
+                raise ControlError(f"{self.mountpoint}: control socket: "
+                                   f"{e.strerror or e}") from None
+
+    def _check(self, deadline: float | None) -> None:
+        if is_stopped(self.pid):
+            raise ControlError(f"{self.mountpoint}: its khofs daemon (pid {self.pid}) is "
+                               f"stopped: continue it (kill -CONT {self.pid}) or `khofs umount "
+                               f"{self.mountpoint}`")
+        if deadline is not None and time.monotonic() > deadline:
+            raise ControlError(f"{self.mountpoint}: its khofs daemon (pid {self.pid}) did not "
+                               "answer: gave up waiting")
+
+    def line(self, timeout: float | None = REPLY_TIMEOUT) -> bytes:
+        """The next line, or b"" when the daemon closed the connection."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            chunk = self._recv(deadline)
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    def messages(self, timeout: float | None = REPLY_TIMEOUT) -> Iterator[dict[str, Any]]:
+        """The replies, one JSON object per line, until the daemon closes the connection."""
+        while True:
+            line = self.line(timeout)
+            if not line:
+                return
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                raise ControlError(f"{self.mountpoint}: unreadable reply from the daemon"
+                                   ) from None
+            if not isinstance(msg, dict):
+                raise ControlError(f"{self.mountpoint}: unreadable reply from the daemon")
+            if msg.get("status"):
+                raise ControlError(str(msg.get("error", "failed")))
+            yield msg
 
 
 def kexec(path: Path, mountpoint: str, request: KexecRequest,
@@ -327,16 +386,16 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
            "append": request.append, "command_line": request.command_line,
            "image_size": request.image_size, "initrd_size": request.initrd_size,
            "to": request.to, "abi": request.abi, "image_release": request.image_release}
-    with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
+    with connect(path, mountpoint) as sock:
+        replies = _Replies(sock, mountpoint)
         _request(sock, doc, mountpoint)
-        for _ in _messages(f, mountpoint):
+        for _ in replies.messages():
             if not (request.execute and request.to is not None):
                 return
-            sock.settimeout(STOP_TIMEOUT)
-            try:
-                for _ in f:  # the daemon closes the connection when it exits
+            try:  # the daemon closes the connection when it exits
+                while replies.line(STOP_TIMEOUT):
                     pass
-            except OSError:
+            except ControlError:
                 raise ControlError(f"{mountpoint}: the daemon did not stop after handing "
                                    "over") from None
             wait_unmounted()
@@ -345,10 +404,12 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
 
 
 def stream_log(path: Path, mountpoint: str, follow: bool, out: Callable[[str], None]) -> None:
-    """Pass each log line to out; returns at the end (or, following, when the daemon stops)."""
-    with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
+    """Pass each log line to out; returns at the end (or, following, when the daemon stops).
+    Following waits for new lines without a bound, but not on a stopped daemon."""
+    with connect(path, mountpoint) as sock:
+        replies = _Replies(sock, mountpoint)
         _request(sock, {"op": "log", "follow": follow}, mountpoint)
-        for msg in _messages(f, mountpoint):
+        for msg in replies.messages(None if follow else REPLY_TIMEOUT):
             if msg.get("end"):
                 return
             out(str(msg.get("line", "")))

@@ -1,9 +1,12 @@
 """The FUSE edge: serves a debugfs tree through fusepy (libfuse2) or mfusepy (libfuse3).
 
 This is the only module that imports a FUSE binding. It maps FUSE calls onto the debugfs
-layer and turns its negative errnos into FuseError. Every open uses direct I/O, because
-debugfs files report size 0 and the page cache would read nothing; attribute files are opened
-non-seekable, as simple_attr_open does.
+layer and turns its negative errnos into FuseError. Every open uses direct I/O: a read gets
+what the file gives at that moment, as from debugfs, never a cached page; attribute files are
+opened non-seekable, as simple_attr_open does. sendfile and splice still go through the page
+cache up to the size stat reports, so seekable files report the size of their data
+(splice_size: a known difference from debugfs's 0). An O_DIRECT open is refused as debugfs
+refuses it; mmap(MAP_SHARED) FUSE refuses itself (ENODEV, as debugfs).
 
 The binding is chosen by the environment variable KHOFS_FUSE: "2" (the default) is fusepy
 over libfuse2, "3" is mfusepy over libfuse3 (`pip install khofs[fuse3]`). Nothing is loaded
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from khofs.daemon.opener import Opener
+from khofs.debugfs.file import Blob
 from khofs.debugfs.inode import Dentry, OpenFile
 
 log = logging.getLogger("khofs.daemon.fuse_edge")
@@ -49,6 +53,7 @@ DEFAULT_BACKEND = "2"
 DEBUGFS_MAGIC = 0x64626720
 NAME_MAX = 255
 MAX_WRITE = 128 * 1024
+SIZE_PROBE = 1 << 20  # attribute and show files render far less
 
 # --- the options, one table per backend ------------------------------------------------------
 
@@ -184,6 +189,32 @@ def _set_time(value: int, now: int) -> int | None:
     return now if value == UTIME_NOW else value
 
 
+def splice_size(dentry: Dentry) -> int:
+    """The st_size khofs reports: i_size (0 on debugfs, unless truncated), or the bytes a read
+    from offset 0 gives now when that is more.
+
+    FUSE serves sendfile, splice and copy_file_range from the page cache up to i_size, even
+    for a file opened with direct I/O (fuse_splice_read -> filemap_splice_read); with i_size 0
+    `sendfile` returns 0 at once and shutil.copyfile makes an empty copy. A debugfs file has
+    no ->splice_read (sendfile fails with EINVAL and callers fall back to read()), which FUSE
+    cannot say; so khofs reports the size instead, and every such copy gets the bytes. Each
+    open drops the page cache (no FOPEN_KEEP_CACHE), so a copy sees the bytes of its open."""
+    inode = dentry.inode
+    fops = dentry.fops
+    if fops is None or inode.is_dir():
+        return inode.size
+    if isinstance(fops, Blob):
+        return max(inode.size, fops.wrapper.size)
+    try:
+        of = fops.open(dentry)
+        if isinstance(of, int) or of.nonseekable:
+            return inode.size
+        data = of.read(SIZE_PROBE, 0)
+    except Exception:  # a read fails the same way, and is logged then
+        return inode.size
+    return max(inode.size, len(data) if isinstance(data, bytes) else 0)
+
+
 class DebugfsOperations:
     """The FUSE operations over one Debugfs, called as fusepy calls them: `ops(name, *args)`.
     Namespace changes are refused as debugfs's simple_dir_inode_operations refuse them: EPERM,
@@ -264,10 +295,11 @@ class DebugfsOperations:
     # --- attributes -----------------------------------------------------------------
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
-        inode = self._dentry(path).inode
+        dentry = self._dentry(path)
+        inode = dentry.inode
         return {
             "st_ino": inode.ino, "st_mode": inode.mode, "st_nlink": inode.nlink,
-            "st_uid": inode.uid, "st_gid": inode.gid, "st_size": inode.size,
+            "st_uid": inode.uid, "st_gid": inode.gid, "st_size": splice_size(dentry),
             "st_blocks": 0, "st_blksize": self.page_size,
             "st_atime": inode.atime_ns, "st_mtime": inode.mtime_ns, "st_ctime": inode.ctime_ns,
         }
@@ -332,6 +364,10 @@ class DebugfsOperations:
         of = open_as(dentry, self._opener(fi)) if open_as else dentry.fops.open(dentry)
         if isinstance(of, int):
             raise FuseError(-of)
+        if fi.flags & os.O_DIRECT:
+            # do_dentry_open: debugfs files lack FMODE_CAN_ODIRECT, so an O_DIRECT open fails
+            # with EINVAL after ->open ran (nothing of it is kept)
+            raise FuseError(errno.EINVAL)
         with self._lock:
             fh = next(self._fh)
             self.handles[fh] = of
@@ -464,7 +500,7 @@ class Backend:
         if allow_other:
             run["allow_other"] = True
         if self.version == "2":
-            self._serve(ops, ops, mountpoint, {**FUSE2_OPTIONS, **run})
+            self._serve(ops, ops, _FsPath(mountpoint), {**FUSE2_OPTIONS, **run})
             return
         if os.geteuid() != 0 and shutil.which("fusermount3") is None:
             # libfuse3 mounts by itself only as root (or root in a user namespace, as in
@@ -490,6 +526,17 @@ class Backend:
             # and fuse_main_real turns that into a failure (8) after it has unmounted, where
             # libfuse2 returns 0. Every stop after init ends so.
             log.debug("libfuse3 stopped: fuse_main_real returned %s", e)
+
+
+class _FsPath(str):
+    """A mount point that fusepy encodes as the file system does: fusepy encodes its argv
+    with str.encode("utf-8"), which fails on a path that is not UTF-8 (its bytes are held
+    as surrogates); the kernel takes any bytes."""
+
+    __slots__ = ()
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
 
 
 def _library_version(lib: Any) -> str:

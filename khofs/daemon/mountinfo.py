@@ -5,6 +5,9 @@ Paths are written with mangle(): space, tab, newline and backslash become octal 
 file is read as bytes, split on the separators the escapes protect, unescaped byte for byte,
 and the paths decoded as the file system encodes them (os.fsdecode), so any path compares
 equal to its own `os.path.realpath`.
+
+Nothing here looks at what is mounted: a path is resolved without a stat of its last
+component (`resolve`), since the stat of a FUSE mount whose daemon is stopped never returns.
 """
 
 from __future__ import annotations
@@ -15,7 +18,27 @@ from dataclasses import dataclass
 
 MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL = re.compile(rb"\\([0-7]{3})")
+MAXSYMLINKS = 40  # include/linux/namei.h
+MINORBITS = 20  # include/linux/kdev_t.h: the kernel's dev_t is major << 20 | minor
 
+
+def resolve(path: str | os.PathLike[str]) -> str:
+    """os.path.realpath(path), but the last component is only readlink()ed, never stat()ed:
+    lstat of a mount point asks the file system mounted there (a FUSE daemon that is stopped
+    never answers), while readlink of a directory fails in the VFS without asking it."""
+    current = os.path.abspath(os.fspath(path))
+    for _ in range(MAXSYMLINKS):
+        head, tail = os.path.split(current)
+        head = os.path.realpath(head)
+        if not tail:
+            return head
+        current = os.path.join(head, tail)
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return current
+        current = os.path.normpath(os.path.join(head, target))
+    return current
 
 def unescape(field: bytes) -> str:
     """One mangled field back to the path (or string) it was."""
@@ -30,13 +53,16 @@ class Mount:
     fstype: str
     source: str
     options: tuple[str, ...]  # the super block's options (`user_id=` for FUSE, ...)
+    dev: int = 0  # the super block's s_dev (major:minor), as the kernel numbers it
 
     @classmethod
     def parse(cls, line: bytes) -> Mount:
         fields = line.split()
         sep = fields.index(b"-")
+        major, _, minor = fields[2].partition(b":")
         return cls(unescape(fields[4]), unescape(fields[sep + 1]), unescape(fields[sep + 2]),
-                   tuple(unescape(fields[sep + 3]).split(",")) if len(fields) > sep + 3 else ())
+                   tuple(unescape(fields[sep + 3]).split(",")) if len(fields) > sep + 3 else (),
+                   int(major) << MINORBITS | int(minor))
 
     def option(self, name: str) -> str | None:
         """The value of `name=...` among the super block's options."""
@@ -51,7 +77,7 @@ def mounts(path: str = MOUNTINFO) -> list[Mount]:
 
 def find(mountpoint: str | os.PathLike[str]) -> Mount | None:
     """What is mounted exactly at mountpoint (the last, topmost mount there), or None."""
-    target = os.path.realpath(mountpoint)
+    target = resolve(mountpoint)
     found = None
     for m in mounts():
         if m.mount_point == target:

@@ -35,6 +35,7 @@ from khofs.engine.machine import Machine, Node, get_arch
 from khofs.engine.printk import LEVELS, Record
 from khofs.engine.system import LoadedImage, MachineState
 from khofs.errors import StateDirError
+from khofs.lib.read_file import open_regular, read_file
 
 MACHINE_FILE = "machine.json"
 RAM_FILE = "ram.img"
@@ -44,6 +45,7 @@ RAM_MAGIC = b"KHOFSRAM"
 RAM_HEADER = struct.Struct("<8sIIQ")
 PAGE_ADDR = struct.Struct("<Q")
 CHUNK = 1 << 20
+JSON_MAX = 256 << 20  # handover.json: the log across boots is most of it
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -229,8 +231,7 @@ def read_state_dir(directory: Path) -> tuple[Machine, MachineState]:
 
 def _load_json(path: Path) -> Any:
     try:
-        with path.open("rb") as f:
-            return json.load(f)
+        return json.loads(read_file(path, JSON_MAX))
     except FileNotFoundError:
         raise StateDirError(f"{path}: no handover here (No such file or directory)") from None
     except OSError as e:
@@ -246,7 +247,7 @@ def _read_checked(path: Path, files: _Fields) -> bytes:
     data = bytearray()
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 data += chunk
                 digest.update(chunk)

@@ -13,7 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
-from khofs.daemon import ramimage
+from khofs.daemon import mountinfo, ramimage
 from khofs.daemon.control import KexecRequest
 from khofs.debugfs.inode import Debugfs
 from khofs.engine.era import profile_of
@@ -27,7 +27,7 @@ class ServedSystem:
 
     def __init__(self, system: System, mountpoint: str, logger: logging.Logger) -> None:
         self.system = system
-        self.mountpoint = os.path.realpath(mountpoint)
+        self.mountpoint = mountinfo.resolve(mountpoint)
         self.logger = logger
         self.lock = threading.Lock()
         self._kexec_lock = threading.Lock()  # one request's load and execute together

@@ -8,7 +8,10 @@ The kernel reads its command line twice (init/main.c), each time with parse_args
    where unknown_bootoption -> obsolete_checksetup runs the __setup handlers, among them
    `reserve_mem=` (mm/memblock.c). A __setup handler's failure is not reported by the
    caller, and 6.16's reserve_mem logs nothing itself.
-So the early parameters' messages come before "Kernel command line:". Handlers run in
+So the early parameters' messages come before "Kernel command line:".
+Before either, the kernel has kept at most COMMAND_LINE_SIZE - 1 bytes of what the boot loader
+gave (`boot_command_line`): everything, the log line and /proc/cmdline included, sees only
+that much. Handlers run in
 command-line order and update BootParams as the kernel's handlers update its variables:
 a rejected value changes nothing. Parameters khofs does not know belong to others: ignored.
 """
@@ -41,6 +44,8 @@ SCALE_BUF_LEN = 11
 RESERVE_MEM_MAX_ENTRIES = 8
 RESERVE_MEM_NAME_SIZE = 16
 SMP_CACHE_BYTES = 64  # L1_CACHE_BYTES on x86-64 and arm64
+# arch/x86/include/asm/setup.h and arch/arm64/include/uapi/asm/setup.h: 2048 on both
+COMMAND_LINE_SIZE = 2048
 
 
 def _s32(v: int) -> int:
@@ -199,9 +204,22 @@ def obsolete_checksetup(param: str, val: str | None, params: BootParams, log: Pr
     return False
 
 
+def boot_command_line(cmdline: str) -> str:
+    """What the kernel keeps of the command line it was given: the first COMMAND_LINE_SIZE - 1
+    bytes, silently. arm64's early_init_dt_scan_chosen copies /chosen/bootargs with
+    strscpy(cmdline, p, min(l, COMMAND_LINE_SIZE)); x86-64's boot protocol tells the boot
+    loader cmdline_size = COMMAND_LINE_SIZE - 1, and setup_arch strscpy()s boot_command_line
+    into command_line[COMMAND_LINE_SIZE]. Neither logs anything about the rest."""
+    raw = encode_arg(cmdline)
+    if len(raw) < COMMAND_LINE_SIZE:
+        return cmdline
+    return decode_arg(raw[:COMMAND_LINE_SIZE - 1])
+
+
 def parse_cmdline(cmdline: str, log: Printk, era: Era = ERA_6_16) -> BootParams:
-    """Both passes over `cmdline`, logging what the kernel logs, in the kernel's order, as
-    the era's kernel reads it."""
+    """Both passes over what the kernel keeps of `cmdline`, logging what the kernel logs, in
+    the kernel's order, as the era's kernel reads it."""
+    cmdline = boot_command_line(cmdline)
     params = BootParams(cmdline=cmdline, era=era)
     for param, val in split_args(cmdline):
         do_early_param(param, val, params, log)

@@ -53,6 +53,7 @@ from typing import Any
 from khofs.engine.machine import Arch, GiB, KiB, Machine, MiB, Node, get_arch
 from khofs.errors import MachineError
 from khofs.lib.cmdline import memparse, simple_strtoull
+from khofs.lib.read_file import read_file
 from khofs.lib.sizes import exact_size, rounded_size
 from khofs.machines.presets import contiguous_nodes, pc_nodes
 
@@ -118,7 +119,7 @@ class Source:
     @classmethod
     def read(cls, path: str | Path) -> Source:
         try:
-            data = Path(path).read_bytes()
+            data = read_file(path)
         except OSError as e:
             raise MachineError(f"{path}: {e.strerror or e}") from None
         try:

@@ -10,6 +10,8 @@ from typing import Any
 
 from khofs.engine.kernel import Kernel
 from khofs.engine.memblock import round_up
+from khofs.lib.cmdline import encode_arg, parameq, split_args
+from khofs.lib.kstrtox import kstrtobool
 from khofs.lib.sizes import readable_size
 
 
@@ -18,9 +20,23 @@ def scratch_text(kernel: Kernel) -> tuple[str, str]:
     return kernel.kho.scratch_show("addr"), kernel.kho.scratch_show("size")
 
 
+def kho_off_reason(cmdline: str) -> str:
+    """Why KHO is off: the last kho= value kho_parse_enable accepted (each one it accepts
+    replaces the one before), or that none is there."""
+    accepted = None
+    for param, val in split_args(cmdline):
+        if parameq(param, "kho"):
+            err, _ = kstrtobool(None if val is None else encode_arg(val))
+            if not err:
+                accepted = val
+    if accepted is None:
+        return "kho=on is not on the command line"
+    return f"the command line has kho={accepted}"
+
+
 def _status(kernel: Kernel) -> str:
     if not kernel.params.kho:
-        return "off (kho= is not on the command line)"
+        return f"off ({kho_off_reason(kernel.params.cmdline)})"
     if not kernel.kho_enabled:
         return "disabled during boot: a scratch area could not be allocated"
     return "on"

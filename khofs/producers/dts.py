@@ -17,6 +17,7 @@ checked against its own length, as libfdt's fdt_check_header() and fdt_check_ful
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from khofs.lib.libfdt import (
     fdt_tagalign,
     fdt_totalsize,
 )
+from khofs.lib.read_file import open_regular
 
 # A compiled tree larger than this is refused: 32 pages is far more than a producer needs, and
 # the package's parser is quadratic in the number of entries of a node.
@@ -114,6 +116,10 @@ def _tokenize(text: str) -> list[_Tok]:
         if m is None or m.lastgroup is None:
             what = "unterminated string" if text[pos] == '"' else "unexpected character"
             raise _fail(line, f"{what} {text[pos]!r}")
+        if m.lastgroup == "string" and "\\" in m.group():
+            # escapes (\" \n \\) are outside the subset; an escaped quote would otherwise
+            # end the string early and show as an unterminated one
+            raise _fail(line, f"{chr(92)!r} inside a string is not supported")
         if m.lastgroup not in ("space", "comment"):
             toks.append(_Tok(m.lastgroup, m.group(), line))
         line += m.group().count("\n")
@@ -486,6 +492,23 @@ def _check_struct(block: bytes, strings: bytes) -> None:
         elif tag != FDT_NOP:
             raise _bad(f"unknown tag {tag} at {offset}")
         offset = nextoffset
+
+
+FDT_MAX = 64 << 20  # the largest DTB khofs reads: sub-trees are a few KiB
+
+
+def read_dtb(path: str | os.PathLike[str]) -> bytes:
+    """A DTB file's blob: its header, then as many bytes as the header's totalsize says (at
+    most FDT_MAX), never the rest of the file. OSError for a file that cannot be read or is
+    not regular; ValueError (a bad DTB) for a totalsize over the bound."""
+    with open_regular(path) as f:
+        head = f.read(FDT_HEADER_SIZE)
+        if len(head) < FDT_HEADER_SIZE or struct.unpack_from(">I", head)[0] != FDT_MAGIC:
+            return head  # check_dtb says what is wrong with it
+        totalsize = struct.unpack_from(">I", head, 4)[0]
+        if totalsize > FDT_MAX:
+            raise _bad(f"totalsize {totalsize} is more than khofs reads ({FDT_MAX} bytes)")
+        return head + f.read(max(totalsize - FDT_HEADER_SIZE, 0))
 
 
 def check_dtb(data: bytes) -> None:

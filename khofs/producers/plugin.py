@@ -43,7 +43,10 @@ Preservation calls fail with -EBUSY while finalized in 6.16 and 6.18, as in the 
 an abort those kernels have forgotten every preservation, so finalize callbacks should
 preserve, not init. From 6.19 a plugin preserves and adds its sub-tree in FUNCTION itself.
 An exception in FUNCTION or a callback is logged, traceback and all, as khofs's own lines
-("khofs: plugin SPEC: ...") and counts as -EIO; nothing else changes.
+("khofs: plugin SPEC: ...") and counts as -EIO; nothing else changes. So does a plugin that
+exits: sys.exit(), SystemExit, KeyboardInterrupt, or os._exit() called through the os module
+("khofs: plugin SPEC: init exited (os._exit(3))"): the mount or daemon goes on. Only a real
+signal (khofs.errors.Interrupted) passes through a plugin, to end the command.
 
 Example: examples/plugins/counter.py keeps a boot counter in one preserved page (it reads
 the page the previous kernel handed over through its sub-tree, adds one, and preserves the
@@ -58,12 +61,15 @@ import errno
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import NoReturn, cast
 
 from khofs.engine.driver import DriverContext
 from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
@@ -72,7 +78,7 @@ from khofs.engine.notifier import NOTIFY_BAD, notifier_from_errno
 from khofs.engine.physmem import MAX_FDT_READ
 from khofs.engine.printk import LEVELS
 from khofs.engine.slab import get_order
-from khofs.errors import PluginError
+from khofs.errors import Interrupted, PluginError
 from khofs.lib.fdt_ro import fdt_check_blob, fdt_parse
 from khofs.lib.libfdt import FDT_ERR_NOSPACE, FdtSw, fdt_totalsize
 
@@ -279,6 +285,52 @@ class ProducerAPI:
         return kho_in.restore_folio(phys) if kho_in is not None else None
 
 
+# --- plugins that exit -----------------------------------------------------------------
+
+
+class PluginExit(BaseException):  # noqa: N818 - what os._exit becomes in plugin code
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _plugin_exit(status: int) -> NoReturn:
+    raise PluginExit(status)
+
+
+_exit_guard = threading.Lock()
+_guarded = 0
+
+
+@contextmanager
+def no_exit() -> Iterator[None]:
+    """While plugin code runs, os._exit raises PluginExit instead of ending the process.
+    Plugin code runs under the kernel's lock, one call at a time; the count covers a
+    plugin that loads another."""
+    global _guarded
+    with _exit_guard:
+        if not _guarded:
+            os._exit = _plugin_exit
+        _guarded += 1
+    try:
+        yield
+    finally:
+        with _exit_guard:
+            _guarded -= 1
+            if not _guarded:
+                os._exit = _REAL_EXIT
+
+
+_REAL_EXIT = os._exit
+
+
+def _exit_words(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "KeyboardInterrupt"
+    code = e.code if isinstance(e, SystemExit) else None
+    return f"sys.exit({code!r})"
+
+
 # --- the producer ---------------------------------------------------------------------
 
 
@@ -329,9 +381,19 @@ class PluginProducer:
         return 0
 
     def _call(self, what: str, func: Callable[..., object], *args: object) -> int:
-        """Run plugin code: its errno, or -EIO (logged) when it raised or returned nonsense."""
+        """Run plugin code: its errno, or -EIO (logged) when it raised, exited or returned
+        nonsense."""
         try:
-            ret = func(*args)
+            with no_exit():
+                ret = func(*args)
+        except Interrupted:
+            raise
+        except PluginExit as e:
+            self._log(f"{what} exited (os._exit({e.status})): a plugin cannot end khofs")
+            return -errno.EIO
+        except (SystemExit, KeyboardInterrupt) as e:
+            self._log(f"{what} exited ({_exit_words(e)}): a plugin cannot end khofs")
+            return -errno.EIO
         except Exception as e:
             lines = traceback.format_exception(type(e), e, e.__traceback__.tb_next
                                                if e.__traceback__ else None)
@@ -386,15 +448,25 @@ def _import(spec: str, module_name: str) -> ModuleType:
     if module_name.endswith(".py") or "/" in module_name:
         return _import_file(spec, Path(module_name))
     try:
-        return importlib.import_module(module_name)
+        with no_exit():
+            return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name + ".").startswith(e.name + "."):
             raise PluginError(f"--plugin {spec}: no module named {module_name!r}") from None
         raise PluginError(f"--plugin {spec}: importing {module_name} failed: "
                           f"{type(e).__name__}: {e}") from None
+    except Interrupted:
+        raise
+    except (PluginExit, SystemExit, KeyboardInterrupt) as e:
+        raise PluginError(f"--plugin {spec}: importing {module_name} exited "
+                          f"({_import_exit_words(e)})") from None
     except Exception as e:
         raise PluginError(f"--plugin {spec}: importing {module_name} failed: "
                           f"{type(e).__name__}: {e}") from None
+
+
+def _import_exit_words(e: BaseException) -> str:
+    return f"os._exit({e.status})" if isinstance(e, PluginExit) else _exit_words(e)
 
 
 def _import_file(spec: str, path: Path) -> ModuleType:
@@ -411,7 +483,15 @@ def _import_file(spec: str, path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module  # before running it, as import does (dataclasses need it)
     try:
-        loader_spec.loader.exec_module(module)
+        with no_exit():
+            loader_spec.loader.exec_module(module)
+    except Interrupted:
+        del sys.modules[name]
+        raise
+    except (PluginExit, SystemExit, KeyboardInterrupt) as e:
+        del sys.modules[name]
+        raise PluginError(f"--plugin {spec}: importing {path} exited "
+                          f"({_import_exit_words(e)})") from None
     except Exception as e:
         del sys.modules[name]
         raise PluginError(f"--plugin {spec}: importing {path} failed: "

@@ -30,7 +30,8 @@ from typing import Any
 
 from khofs.errors import ProducersFileError
 from khofs.lib.cmdline import memparse
-from khofs.producers.dts import check_dtb, compile_dts
+from khofs.lib.read_file import read_file
+from khofs.producers.dts import check_dtb, compile_dts, read_dtb
 from khofs.producers.spec import ProducerSpec
 
 PRODUCER_KEYS = {"name", "dts", "dtb", "blob", "preserve", "fail_finalize", "fail_abort",
@@ -42,11 +43,12 @@ ONE_SOURCE = "needs exactly one of 'dts' or 'dtb' (or, for 7.1 on, 'blob')"
 def load_producers(path: str | Path) -> list[ProducerSpec]:
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
+        doc = tomllib.loads(read_file(path).decode("utf-8"))
     except OSError as e:
         raise ProducersFileError(f"{path}: {e.strerror or e}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ProducersFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
         raise ProducersFileError(f"{path}: {e}") from None
     unknown = set(doc) - {"producer"}
     if unknown:
@@ -145,15 +147,16 @@ def _fdt(path: Path, where: str, entry: dict[str, Any]) -> bytes:
         raise ProducersFileError(f"{where}: '{kind}' must be a file name")
     file = path.parent / rel
     try:
-        data = file.read_bytes()
-    except OSError as e:
-        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
-    try:
         if kind == "dtb":
+            data = read_dtb(file)
             check_dtb(data)
             return data
-        return compile_dts(data.decode())
-    except (ValueError, UnicodeDecodeError) as e:
+        return compile_dts(read_file(file).decode())
+    except OSError as e:
+        raise ProducersFileError(f"{file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ProducersFileError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:
         raise ProducersFileError(f"{file}: {e}") from None
 
 
