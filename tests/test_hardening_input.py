@@ -192,9 +192,10 @@ def test_an_empty_mount_point_is_no_directory(tmp_path: Path) -> None:
 
 @pytest.mark.mount
 def test_run_takes_the_mount_options(tmp_path: Path) -> None:
+    """Every `khofs mount` option but --foreground (a run always serves in the foreground)."""
     log = tmp_path / "daemon.log"
     script = "cat /sys/kernel/debug/kho/out/finalize"
-    r = khofs("run", "--foreground", "--log", log, "--", "sh", "-c", script)
+    r = khofs("run", "--log", log, "--", "sh", "-c", script)
     assert (r.returncode, r.stdout, r.stderr) == (0, "0\n", "")
     assert "Kernel command line: kho=on" in log.read_text()
     with mounted(tmp_path / "m") as mnt:

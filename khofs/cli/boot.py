@@ -130,7 +130,7 @@ def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) 
     initcalls = boot_table_of(args)
     next_profile = profile_arg(args.next_abi) if args.next_abi is not None else None
     if args.boot_from is not None:
-        return _system_from(args, initcalls, next_profile)
+        return _system_from(args, initcalls, next_profile, owner)
     profile = profile_arg(args.abi)
     check_table(args, initcalls, profile, *([next_profile] if next_profile else []))
     machine = load_machine(args.machine_arg or DEFAULT_MACHINE)
@@ -140,7 +140,7 @@ def make_system(args: argparse.Namespace, owner: tuple[int, int] | None = None) 
 
 
 def _system_from(args: argparse.Namespace, initcalls: list[Initcall],
-                 next_profile: Profile | None) -> System:
+                 next_profile: Profile | None, owner: tuple[int, int] | None) -> System:
     """--boot-from DIR: the machine as DIR describes it, booted with its handover. The
     command line and the kernel version are the ones kexec loaded, and the seed the previous
     daemon's."""
@@ -165,8 +165,9 @@ def _system_from(args: argparse.Namespace, initcalls: list[Initcall],
     if args.seed is not None and args.seed != state.seed:
         raise Usage(f"--seed {args.seed}: {args.boot_from} was written with seed "
                     f"{state.seed}")
-    return System(machine, state.image.handover.cmdline, initcalls, seed=state.seed,
-                  uid=os.getuid(), gid=os.getgid(), state=state, next_profile=next_profile)
+    uid, gid = owner or (os.getuid(), os.getgid())
+    return System(machine, state.image.handover.cmdline, initcalls, seed=state.seed, uid=uid,
+                  gid=gid, state=state, next_profile=next_profile)
 
 
 def warn_kho_off(kernel: Kernel) -> None:

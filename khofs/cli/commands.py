@@ -45,7 +45,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_log(given: str | None, default: Path) -> int:
+def _open_log(given: str | None, default: Path | None) -> int:
     """--log FILE (as the user names it), else the state directory's log, never followed
     through a symlink there."""
     from khofs.daemon.lifecycle import open_log
@@ -56,6 +56,7 @@ def _open_log(given: str | None, default: Path) -> int:
             if not given:
                 raise Usage("--log '': an empty file name")
             return open_log(given)
+        assert default is not None
         return os.open(default, os.O_WRONLY | os.O_CREAT | os.O_APPEND | STATE_FILE_FLAGS,
                        0o600)
     except OSError as e:
@@ -84,11 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_inputs(command, args.boots, args.root)
         initrd = read_initrd(args.initrd) if args.initrd else None
         load_backend()
-        args.boot_from = None
+        logfd = _open_log(args.log, None) if args.log is not None else None
         system = make_system(args, owner=(0, 0))  # root of the run: the user, mapped
         warn_kho_off(system.kernel)
         return run(system, command, boots=args.boots, console=args.console, initrd=initrd,
-                   root=args.root, debug=args.debug)
+                   root=args.root, debug=args.debug, logfd=logfd)
     except RunError as e:
         raise Usage(str(e)) from None
 

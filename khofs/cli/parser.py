@@ -44,6 +44,8 @@ def build_parser() -> Parser:
                        "kexec and reboot system calls, /proc and /sys files and debugfs are "
                        "the emulated kernel's, in namespaces of its own")
     _boot_options(r)
+    _serve_options(r, None, "the machine's daemon log, appended to (default: a file removed "
+                   "when the run ends)")
     r.add_argument("--boots", type=_boots, default=1, metavar="N",
                    help="boot up to N times: a reboot that would start boot N+1 ends the run "
                    "(default 1)")
@@ -114,11 +116,13 @@ def _boots(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: a positive integer")
     return value
-def _serve_options(p: argparse.ArgumentParser, foreground: str, log: str) -> None:
-    """How the machine is served: shared by mount and run."""
+def _serve_options(p: argparse.ArgumentParser, foreground: str | None, log: str) -> None:
+    """How the machine is served: shared by mount and run (which always serves in the
+    foreground, so it has no --foreground)."""
     p.add_argument("--boot-from", metavar="DIR",
                    help="boot the next kernel from what `khofs kexec --to DIR` left there")
-    p.add_argument("--foreground", action="store_true", help=foreground)
+    if foreground is not None:
+        p.add_argument("--foreground", action="store_true", help=foreground)
     p.add_argument("--log", metavar="FILE", help=log)
 
 

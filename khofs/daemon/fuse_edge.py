@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from khofs.daemon.opener import Opener
-from khofs.debugfs.file import Blob
 from khofs.debugfs.inode import Dentry, OpenFile
 
 log = logging.getLogger("khofs.daemon.fuse_edge")
@@ -53,7 +52,6 @@ DEFAULT_BACKEND = "2"
 DEBUGFS_MAGIC = 0x64626720
 NAME_MAX = 255
 MAX_WRITE = 128 * 1024
-SIZE_PROBE = 1 << 20  # attribute and show files render far less
 
 # --- the options, one table per backend ------------------------------------------------------
 
@@ -201,18 +199,8 @@ def splice_size(dentry: Dentry) -> int:
     open drops the page cache (no FOPEN_KEEP_CACHE), so a copy sees the bytes of its open."""
     inode = dentry.inode
     fops = dentry.fops
-    if fops is None or inode.is_dir():
-        return inode.size
-    if isinstance(fops, Blob):
-        return max(inode.size, fops.wrapper.size)
-    try:
-        of = fops.open(dentry)
-        if isinstance(of, int) or of.nonseekable:
-            return inode.size
-        data = of.read(SIZE_PROBE, 0)
-    except Exception:  # a read fails the same way, and is logged then
-        return inode.size
-    return max(inode.size, len(data) if isinstance(data, bytes) else 0)
+    size = fops.data_size() if fops is not None and not inode.is_dir() else None
+    return max(inode.size, size or 0)
 
 
 class DebugfsOperations:

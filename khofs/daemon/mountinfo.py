@@ -40,6 +40,7 @@ def resolve(path: str | os.PathLike[str]) -> str:
         current = os.path.normpath(os.path.join(head, target))
     return current
 
+
 def unescape(field: bytes) -> str:
     """One mangled field back to the path (or string) it was."""
     return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field))
@@ -63,6 +64,11 @@ class Mount:
         return cls(unescape(fields[4]), unescape(fields[sep + 1]), unescape(fields[sep + 2]),
                    tuple(unescape(fields[sep + 3]).split(",")) if len(fields) > sep + 3 else (),
                    int(major) << MINORBITS | int(minor))
+
+    @property
+    def st_dev(self) -> int:
+        """The files' st_dev, as stat() encodes the same device."""
+        return os.makedev(self.dev >> MINORBITS, self.dev & ((1 << MINORBITS) - 1))
 
     def option(self, name: str) -> str | None:
         """The value of `name=...` among the super block's options."""

@@ -38,6 +38,15 @@ class RunTree:
             return None
         return self.machine if dentry is self.machine.root else self.debug()
 
+    def inode_size(self, ino: int) -> int | None:
+        """i_size of the inode numbered ino in either tree (the kernel's view of a file
+        this mount serves, where FUSE reports the data's length), or None."""
+        for tree in (self.debug(), self.machine):
+            dentry = tree.find_ino(ino)
+            if dentry is not None:
+                return dentry.inode.size
+        return None
+
     def lookup(self, path: str) -> Dentry | None:
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if not parts:

@@ -89,6 +89,9 @@ class SeqShow(FileOps):
     def open(self, dentry: Dentry) -> OpenFile:
         return ShowFile(dentry, self)
 
+    def data_size(self) -> int:
+        return len(self.show().encode())
+
 
 class ShowFile(OpenFile):
     """fs/seq_file.c seq_read_iter: a read at 0, or away from where the last read ended,
@@ -132,6 +135,9 @@ class BlobWrapper:
 class Blob(FileOps):
     def __init__(self, wrapper: BlobWrapper) -> None:
         self.wrapper = wrapper
+
+    def data_size(self) -> int:
+        return self.wrapper.size
 
     def open(self, dentry: Dentry) -> OpenFile:
         return BlobFile(dentry, self.wrapper)

@@ -135,6 +135,17 @@ class Debugfs:
                 node = child
             return node
 
+    def find_ino(self, ino: int) -> Dentry | None:
+        """The dentry whose inode is numbered ino, or None."""
+        with self.lock:
+            stack = [self.root]
+            while stack:
+                dentry = stack.pop()
+                if dentry.inode.ino == ino:
+                    return dentry
+                stack.extend(dentry.children.values())
+        return None
+
     def readdir(self, dentry: Dentry) -> list[str]:
         """dcache_readdir: newest entry first, as d_children is a head-inserted list."""
         with self.lock:
@@ -220,3 +231,8 @@ class FileOps(ABC):
 
     @abstractmethod
     def open(self, dentry: Dentry) -> OpenFile | int: ...
+
+    def data_size(self) -> int | None:
+        """How many bytes a read from offset 0 gives now, where that is cheap to know and
+        the file is seekable; None otherwise (FUSE then reports i_size)."""
+        return None

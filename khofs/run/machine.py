@@ -25,12 +25,14 @@ import sys
 import threading
 from typing import Any
 
+from khofs.daemon import mountinfo
+from khofs.daemon.lifecycle import setup_logging
 from khofs.daemon.machine_files import MachineFiles
 from khofs.daemon.run_tree import RunTree
 from khofs.engine.printk import Record, console_loglevel, on_console
 from khofs.engine.reboot import Reboot, Shutdown
 from khofs.engine.syslog import console_level
-from khofs.engine.system import System
+from khofs.engine.system import System, format_record
 from khofs.run import mounts
 from khofs.run.namespace import ns_inode, set_parent_death_signal
 from khofs.run.supervisor import Supervisor
@@ -90,13 +92,17 @@ class MachineDaemon:
         self.files = MachineFiles(system, uid, gid, self._sysrq_reboot)
         self.tree = RunTree(lambda: system.kernel.debugfs, self.files.fs, uid, gid)
         self.supervisor = Supervisor(system, self.files, mounts.ForkerClient(forker),
-                                     self._ending, self.base_user_ns)
+                                     self._ending, self.base_user_ns, self._own_size)
+        self.fuse_dev: int | None = None  # once the mount is live
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.kernel_log = setup_logging(2, debug=False)
         for boot, rec in system.records:
             console(system, boot, rec)
+            self.kernel_log.info("%s", format_record(boot, rec))
         system.log_sink = self._log
 
     def _log(self, boot: int, rec: Record) -> None:
+        self.kernel_log.info("%s", format_record(boot, rec))  # the daemon's log, as a mount's
         self.files.log_sink(boot, rec)
         self.console(self.system, boot, rec)
         with contextlib.suppress(BlockingIOError):
@@ -111,6 +117,20 @@ class MachineDaemon:
 
     def _sysrq_reboot(self, reboot: Reboot) -> None:
         self.supervisor.end_boot(reboot)
+
+    def _own_size(self, st: os.stat_result) -> int | None:
+        """The kernel's i_size of a file our mount serves (kernel_read_file reads i_size
+        bytes; FUSE's stat reports the data's length so that sendfile copies it)."""
+        if self.fuse_dev is None or st.st_dev != self.fuse_dev:
+            return None
+        with self.tree_lock:
+            return self.tree.inode_size(st.st_ino)
+
+    def mounted(self, mountpoint: str) -> None:
+        """The mount is live: note its device (from mountinfo: no request to ourselves)."""
+        mount = mountinfo.find(mountpoint)
+        self.fuse_dev = mount.st_dev if mount is not None else None
+        self._send({"ready": True})
 
     def capable(self, pid: int, cap: int) -> bool:
         """For the FUSE edge: the opener's cap in the machine's initial user namespace."""
@@ -194,7 +214,7 @@ def run_daemon(system: System, control: socket.socket, places: mounts.Places,
 
         serve(daemon.tree, mountpoint, system.machine.arch.page_size, lock=daemon.tree_lock,
               allow_other=True, debug=debug, capable=daemon.capable,
-              on_ready=lambda: daemon._send({"ready": True}))
+              on_ready=lambda: daemon.mounted(mountpoint))
     except BaseException as e:  # noqa: BLE001 - the runner reads the last line of our log
         print(f"{e}", file=sys.stderr)
         status = 1

@@ -66,8 +66,11 @@ def _console_device() -> str:
 
 class Runner:
     def __init__(self, system: System, command: Sequence[str], boots: int, console: bool,
-                 initrd: list[Entry] | None, root: str | None, debug: bool) -> None:
+                 initrd: list[Entry] | None, root: str | None, debug: bool,
+                 logfd: int | None = None) -> None:
         self.system = system
+        self.logfd = logfd  # --log: the daemon's log (else a file of the run's directory)
+        self.log_start = 0
         self.boots = boots
         self.console = console
         self.debug = debug
@@ -96,11 +99,16 @@ class Runner:
             (self.tmp / "root").mkdir()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         log = self.tmp / "daemon.log"
+        if self.logfd is not None:  # --log: read back from where this run's lines start
+            log = Path(f"/proc/self/fd/{self.logfd}")
+            with contextlib.suppress(OSError):
+                self.log_start = os.lseek(self.logfd, 0, os.SEEK_END)
         console = os.dup(2) if self.console else None
         pid = os.fork()
         if pid == 0:
             ours.close()
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = (self.logfd if self.logfd is not None
+                  else os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             null = os.open(os.devnull, os.O_RDONLY)
@@ -120,7 +128,13 @@ class Runner:
         message = receive(self.control)[0] if ready else None
         if message == {"ready": True}:
             return
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        try:
+            with log.open("rb") as f:
+                f.seek(self.log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         libfuse = [ln for ln in lines if ln.startswith("fuse: ")]  # libfuse says why first
         lines = libfuse or lines
         raise RunError(lines[-1].removeprefix("khofs: ") if lines
@@ -284,7 +298,7 @@ def check_inputs(command: Sequence[str], boots: int, root: str | None) -> None:
 
 def run(system: System, command: Sequence[str], *, boots: int = 1, console: bool = False,
         initrd: list[Entry] | None = None, root: str | None = None,
-        debug: bool = False) -> int:
+        debug: bool = False, logfd: int | None = None) -> int:
     """COMMAND's exit status (128 + signal when it was killed), or 0."""
     if not command and (initrd is not None or root is not None):
         command = [DEFAULT_INIT]
@@ -293,7 +307,7 @@ def run(system: System, command: Sequence[str], *, boots: int = 1, console: bool
         ns.enter_private_namespace()
     except OSError as e:
         raise RunError(f"run: cannot make a private mount namespace: {e.strerror}") from None
-    runner = Runner(system, command, boots, console, initrd, root, debug)
+    runner = Runner(system, command, boots, console, initrd, root, debug, logfd)
     old = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         runner.start_daemon()

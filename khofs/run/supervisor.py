@@ -31,7 +31,7 @@ from khofs.engine.uaccess import CAP_SYS_ADMIN
 from khofs.run import seccomp
 from khofs.run.namespace import MS_BIND, MS_MOVE, MS_REMOUNT, ns_inode
 from khofs.run.seccomp import Notification
-from khofs.run.task import Task, status_field
+from khofs.run.task import OwnSize, Task, status_field
 
 log = logging.getLogger("khofs.run.supervisor")
 
@@ -59,8 +59,10 @@ class Boot:
 
 class Supervisor:
     def __init__(self, system: System, files: MachineFiles, mount: MountRequest,
-                 on_ending: Callable[[Shutdown], None], base_user_ns: int) -> None:
+                 on_ending: Callable[[Shutdown], None], base_user_ns: int,
+                 own_size: OwnSize) -> None:
         self.system = system
+        self.own_size = own_size
         self.files = files
         self.mount_helper = mount
         self.on_ending = on_ending
@@ -83,7 +85,7 @@ class Supervisor:
                 return
             raise
         call = n.call
-        task = Task(n.pid, self.base_user_ns, self.boot.init_pid_ns)
+        task = Task(n.pid, self.base_user_ns, self.boot.init_pid_ns, self.own_size)
         try:
             if call is None:  # not one of ours: let the host kernel refuse or run it
                 seccomp.let_through(fd, n.id)
@@ -164,7 +166,7 @@ class Supervisor:
         for n in waiting:
             if not seccomp.still_waiting(self.boot.fd, n.id):
                 continue
-            task = Task(n.pid, self.base_user_ns, self.boot.init_pid_ns)
+            task = Task(n.pid, self.base_user_ns, self.boot.init_pid_ns, self.own_size)
             try:
                 self.sys_syslog(self.boot.fd, n, task, False)
             finally:

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from khofs.run.namespace import ns_inode
@@ -52,12 +53,22 @@ def status_field(pid: int, name: str) -> str | None:
     return None
 
 
+# The kernel's i_size of a file this machine serves itself, where FUSE's stat reports the
+# data's length (khofs.daemon.run_tree.RunTree.inode_size); None for any other file.
+OwnSize = Callable[[os.stat_result], "int | None"]
+
+
+def _no_own_size(st: os.stat_result) -> int | None:
+    return None
+
+
 @dataclass
 class TaskFile:
     """An open file of the caller, duplicated into this process."""
 
     fd: int
     flags: int
+    own_size: OwnSize = _no_own_size
 
     @property
     def readable(self) -> bool:
@@ -70,7 +81,10 @@ class TaskFile:
     @property
     def size(self) -> int:
         st = os.fstat(self.fd)
-        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+        if not stat.S_ISREG(st.st_mode):
+            return 0
+        own = self.own_size(st)
+        return st.st_size if own is None else own
 
     def read(self) -> bytes | int:
         chunks, pos, size = [], 0, self.size
@@ -90,10 +104,12 @@ class Task:
     """The caller of one notification. `base_user_ns` and `init_pid_ns` are the inodes of
     the machine's initial user and pid namespaces; close() drops the files it borrowed."""
 
-    def __init__(self, pid: int, base_user_ns: int, init_pid_ns: int) -> None:
+    def __init__(self, pid: int, base_user_ns: int, init_pid_ns: int,
+                 own_size: OwnSize = _no_own_size) -> None:
         self.pid = pid
         self.base_user_ns = base_user_ns
         self.init_pid_ns = init_pid_ns
+        self.own_size = own_size
         self._files: list[int] = []
 
     def close(self) -> None:
@@ -179,4 +195,4 @@ class Task:
         if dup is None:
             return None
         self._files.append(dup)
-        return TaskFile(dup, flags)
+        return TaskFile(dup, flags, self.own_size)
