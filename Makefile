@@ -7,7 +7,9 @@ STAMP := $(VENV)/.khofs-installed
 SYSPY := /usr/bin/python3
 # libfuse3-3 is only the library, for the fuse3 backend (KHOFS_FUSE=3): Debian's `fuse3` package
 # (fusermount3) Breaks `fuse`, and root needs no fusermount3 to mount.
-APT_PKGS := fuse libfuse2 libfuse3-3 device-tree-compiler python3 python3-venv python3-libfdt
+# gcc and libc6-dev: the tests build small static C programs (an init for `khofs run`).
+APT_PKGS := fuse libfuse2 libfuse3-3 device-tree-compiler python3 python3-venv python3-libfdt \
+            gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system kexec-tools fuse3-dev test lint unit unit-fuse3 demo bench stress clean
@@ -18,10 +20,11 @@ setup: system $(STAMP)
 system:
 	@missing=0; \
 	for f in /usr/bin/fusermount /usr/bin/dtc /usr/bin/fdtdump /usr/bin/fdtget $(SYSPY) \
-	         /usr/lib/python3/dist-packages/libfdt.py; do \
+	         /usr/lib/python3/dist-packages/libfdt.py /usr/bin/cc; do \
 	  [ -e $$f ] || missing=1; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || ls /usr/lib/*/libfuse.so.2 >/dev/null 2>&1 || missing=1; \
 	ls /usr/lib/*/libfuse3.so.3 /usr/lib/libfuse3.so.3 2>/dev/null | grep -q . || missing=1; \
+	ls /usr/lib/*/libc.a 2>/dev/null | grep -q . || missing=1; \
 	$(SYSPY) -c 'import ensurepip' 2>/dev/null || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "make: installing system packages: $(APT_PKGS)"; \

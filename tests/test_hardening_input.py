@@ -45,6 +45,23 @@ def test_a_producer_file_that_is_a_device_or_fifo(tmp_path: Path, key: str) -> N
     nothing_left(mnt)
 
 
+def test_a_blob_or_an_initrd_that_is_a_device_or_fifo(tmp_path: Path) -> None:
+    """A 7.1 producer's `blob =` and `khofs run --initrd` are read whole: only a regular
+    file, refused at once otherwise."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for target, kind in (("/dev/zero", "a character device"), (str(tmp_path / "fifo"), "a FIFO"),
+                         (str(tmp_path), None)):
+        problem = f"not a regular file ({kind})" if kind else "Is a directory"
+        producers = _producers(tmp_path, "blob", target)
+        refused(khofs("mount", mnt, "--abi", "7.1", "--producers", producers, timeout=60),
+                f"{target}: {problem}")
+        refused(khofs("run", "--initrd", target, timeout=60),
+                f"--initrd {target}: {problem}")
+    nothing_left(mnt)
+
+
 def test_machine_and_producers_files_that_are_devices(tmp_path: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()

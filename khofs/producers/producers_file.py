@@ -120,6 +120,9 @@ def name_problem(name: str) -> str:
     return ""
 
 
+BLOB_MAX = 64 << 20  # what khofs reads of a `blob =` file
+
+
 def _blob(path: Path, where: str, entry: dict[str, Any]) -> bytes:
     """`blob = "file"`: its bytes, whatever they are (at least one)."""
     if "dts" in entry or "dtb" in entry:
@@ -129,7 +132,7 @@ def _blob(path: Path, where: str, entry: dict[str, Any]) -> bytes:
         raise ProducersFileError(f"{where}: 'blob' must be a file name")
     file = path.parent / rel
     try:
-        data = file.read_bytes()
+        data = read_file(file, BLOB_MAX)
     except OSError as e:
         raise ProducersFileError(f"{file}: {e.strerror or e}") from None
     if not data:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from khofs.errors import InputError
+from khofs.lib.read_file import read_file
 
 NEWC_MAGICS = (b"070701", b"070702")
 HEADER_LEN = 110
@@ -94,11 +95,13 @@ def parse_newc(raw: bytes) -> list[Entry]:
     return entries
 
 
+INITRD_MAX = 1 << 30  # what khofs unpacks: an initramfs is far smaller
+
+
 def read_initrd(path: str) -> list[Entry]:
     """--initrd FILE, checked before anything starts: InitrdError in one line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_file(path, INITRD_MAX)
     except OSError as e:
         raise InitrdError(f"--initrd {path}: {e.strerror}") from None
     try:
