@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,7 +115,12 @@ def test_ctrl_c_ends_a_waiting_client_and_the_mount_still_works(mnt: Path) -> No
     assert (mnt / "kho/out/finalize").read_bytes() == b"1\n"
 
 
-def test_killing_a_stopped_daemon_fails_the_waiting_client(mnt: Path) -> None:
+def test_killing_a_stopped_daemon_fails_the_waiting_client(
+        mount: Callable[..., Path]) -> None:
+    # a mount of its own: the request cat waits in is its first lookup, which the kill aborts
+    # (ECONNABORTED); on a mount whose names the kernel has cached, the lookup that fails is a
+    # revalidation, which the kernel retries as a new lookup (ENOTCONN)
+    mnt = mount()
     pid = daemon_pid(mnt)
     os.kill(pid, signal.SIGSTOP)
     cat = subprocess.Popen(["cat", str(mnt / "kho/out/finalize")], stdout=subprocess.PIPE,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khofs.cli.parser import Usage
 
 if TYPE_CHECKING:
+    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.served import ColdBoot, Rebooter
     from khofs.engine.driver import Initcall
     from khofs.engine.kernel import Kernel
     from khofs.engine.system import System
@@ -43,15 +46,74 @@ def check_mountpoint(path: str) -> None:
 
 def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
     """The boot table: --producers FILE, then each --plugin, in that order."""
+    return _boot_table(getattr(args, "producers", None), getattr(args, "plugin", None) or ())
+
+
+def _boot_table(producers: str | None, plugins: Sequence[str],
+                fresh: bool = False) -> list[Initcall]:
     from khofs.producers.plugin import load_plugin
     from khofs.producers.producers_file import load_producers
     from khofs.producers.table import boot_table
 
     drivers: list[ProducerSpec | PluginFactory] = []
-    if getattr(args, "producers", None):
-        drivers.extend(load_producers(args.producers))
-    drivers.extend(load_plugin(spec) for spec in getattr(args, "plugin", None) or ())
+    if producers:
+        drivers.extend(load_producers(producers))
+    drivers.extend(load_plugin(spec, fresh) for spec in plugins)
     return boot_table(drivers)
+
+
+# --- khofs reboot: what the daemon boots next -----------------------------------------------
+
+def absolute_machine(spec: str | None) -> str | None:
+    """--machine as the daemon (in another directory) reads it: a machine file's path (as
+    load_machine tells one from a preset) absolute."""
+    if spec is None or spec == "host":
+        return spec
+    from khofs.machines.presets import MACHINES
+
+    if spec in MACHINES or not ("/" in spec or spec.endswith(".toml") or os.path.isfile(spec)):
+        return spec
+    return os.path.abspath(spec)
+
+
+def absolute_plugin(spec: str) -> str:
+    """--plugin with a file's path absolute (a dotted module name stays as it is)."""
+    module, colon, function = spec.rpartition(":")
+    if colon and (module.endswith(".py") or "/" in module):
+        return f"{os.path.abspath(module)}:{function}"
+    return spec
+
+
+def rebooter_of(args: argparse.Namespace, system: System) -> Rebooter:
+    """What `khofs reboot` on this mount keeps unless told otherwise: the options it was
+    mounted with (paths made absolute), and how options become a cold boot."""
+    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.served import Rebooter
+
+    options = RebootRequest(
+        machine=absolute_machine(args.machine_arg), cmdline=args.cmdline,
+        producers=os.path.abspath(args.producers) if args.producers else "",
+        plugins=tuple(absolute_plugin(spec) for spec in args.plugin), seed=system.seed)
+    return Rebooter(options, cold_boot)
+
+
+def cold_boot(request: RebootRequest) -> ColdBoot:
+    """The daemon's loader for `khofs reboot` (the options merged with the mount's): the
+    machine when one is named, its command line, and the drivers, read from their files
+    again (a plugin module runs anew). InputError (one line) for bad input."""
+    from khofs.daemon.served import ColdBoot
+    from khofs.errors import InputError
+    from khofs.machines.load import load_machine
+
+    try:
+        machine = load_machine(request.machine) if request.machine is not None else None
+        cmdline = request.cmdline
+        if cmdline is None and machine is not None:
+            cmdline = machine.cmdline or DEFAULT_CMDLINE
+        initcalls = _boot_table(request.producers or None, request.plugins or (), fresh=True)
+    except Usage as e:
+        raise InputError(str(e)) from None
+    return ColdBoot(machine, cmdline, initcalls, request.seed or 0)
 
 
 def boot_kernel(args: argparse.Namespace) -> Kernel:
@@ -103,10 +165,17 @@ def _system_from(args: argparse.Namespace, initcalls: list[Initcall]) -> System:
 
 
 def warn_kho_off(kernel: Kernel) -> None:
-    if not kernel.params.kho:
-        print(f"khofs: KHO is off on the kernel command line {kernel.params.cmdline!r}, as a "
-              "kernel would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
-    elif not kernel.kho_enabled:
-        print("khofs: KHO was disabled during boot: a scratch area could not be allocated "
-              "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory",
-              file=sys.stderr)
+    note = kho_note(kernel.params.kho, kernel.kho_enabled, kernel.params.cmdline)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def kho_note(kho: bool, enabled: bool, cmdline: str) -> str | None:
+    """What `khofs mount` and `khofs reboot` say when the kernel they booted has no KHO."""
+    if not kho:
+        return (f"khofs: KHO is off on the kernel command line {cmdline!r}, as a kernel would "
+                "boot it: no kho/ directory (add kho=on)")
+    if not enabled:
+        return ("khofs: KHO was disabled during boot: a scratch area could not be allocated "
+                "(6.16 logs nothing; `khofs machine show` shows the sizes): no kho/ directory")
+    return None

@@ -50,6 +50,7 @@ def build_parser() -> Parser:
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
     _kexec_parser(sub)
+    _reboot_parser(sub)
     lg = sub.add_parser("log", help="the emulated kernel's log across boots, like dmesg")
     lg.add_argument("mountpoint")
     lg.add_argument("-f", "--follow", action="store_true",
@@ -80,6 +81,20 @@ def _kexec_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     k.add_argument("--to", metavar="DIR", help="boot the next kernel in another process: "
                    "write RAM and handover to DIR, unmount, stop (with --load-only: when "
                    "this daemon is stopped later)")
+
+
+def _reboot_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    rb = sub.add_parser("reboot", help="cold-boot a new kernel in the mount (reboot(2) with "
+                        "RESTART): new RAM, no handover; options not given stay as they are")
+    rb.add_argument("mountpoint")
+    _machine_options(rb)
+    rb.add_argument("--producers", metavar="FILE",
+                    help="TOML file of KHO producers ('' for none)")
+    rb.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=None,
+                    help="a KHO user written in Python (repeatable; replaces the running "
+                    "kernel's; '' for none)")
+    rb.add_argument("--seed", type=_seed, default=None,
+                    help="seed of the emulated randomness")
 
 
 def _seed(text: str) -> int:

@@ -1,15 +1,21 @@
 """The daemon's private control channel: a Unix socket beside its pid file.
 
-`khofs kexec` and `khofs log` talk to the daemon serving a mount through it, so the debugfs
-tree stays exactly the kernel's. The socket is mode 0600 in the per-user runtime directory,
-and the daemon also checks SO_PEERCRED: a peer whose uid is not the daemon's gets one refusal
-line, and the refusal goes to the daemon's log.
+`khofs kexec`, `khofs reboot` and `khofs log` talk to the daemon serving a mount through it,
+so the debugfs tree stays exactly the kernel's. The socket is mode 0600 in the per-user
+runtime directory, and the daemon also checks SO_PEERCRED: a peer whose uid is not the
+daemon's gets one refusal line, and the refusal goes to the daemon's log.
 
 The protocol is one JSON object per line, each way:
 
     {"op": "kexec", "load": bool, "exec": bool, "append": str|null, "command_line": str|null,
      "image_size": int|null, "initrd_size": int, "to": str|null}
         -> {"status": 0} | {"status": 1, "error": "one line"}
+    {"op": "reboot", "machine": str|null, "cmdline": str|null, "producers": str|null,
+     "plugins": [str]|null, "seed": int|null}      (null: keep the current one)
+        -> {"status": 0, "boot": N, "cmdline": str, "kho": bool, "kho_enabled": bool}
+           (N: the new kernel's boot number in the log; kho: the command line turns KHO on;
+           kho_enabled: it is on after the boot)
+         | {"status": 2, "error": "one line"} (bad input: the old kernel keeps running)
     {"op": "log", "follow": bool}
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
            (a follow stream ends when the daemon stops, as the connection closes)
@@ -41,6 +47,7 @@ FOLLOW_POLL = 0.5
 STOP_TIMEOUT = 30.0
 DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
 REQUEST_TIMEOUT = 10.0
+REBOOT_TIMEOUT = 60.0  # a reboot loads producers and plugins
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,35 @@ class KexecRequest:
     to: str | None = None
 
 
+@dataclass(frozen=True)
+class RebootRequest:
+    """`khofs reboot`: a cold boot with these options; None keeps the current one. Paths are
+    absolute. producers "" is none; plugins () is none."""
+
+    machine: str | None = None
+    cmdline: str | None = None
+    producers: str | None = None
+    plugins: tuple[str, ...] | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Rebooted:
+    """The kernel a reboot started: its boot number in the log, its command line, whether
+    that turns KHO on and whether KHO is on after the boot."""
+
+    boot: int
+    cmdline: str
+    kho: bool
+    kho_enabled: bool
+
+
 class ControlTarget(Protocol):
     """What the daemon offers the channel (khofs.daemon.served.ServedSystem)."""
 
     def kexec(self, request: KexecRequest) -> tuple[int, str]: ...
+
+    def reboot(self, request: RebootRequest) -> tuple[int, str] | Rebooted: ...
 
     def log_lines(self, start: int) -> list[str]: ...
 
@@ -69,7 +101,12 @@ class ControlTarget(Protocol):
 
 
 class ControlError(Exception):
-    """A client-side failure: the message is the whole line (exit status 1)."""
+    """A client-side failure: the message is the whole line; status 2 when the daemon
+    refused bad input, else 1 (the exit status)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -187,6 +224,8 @@ class ControlServer:
             op = None
         if op == "kexec":
             self._kexec(conn, req)
+        elif op == "reboot":
+            self._reboot(conn, req)
         elif op == "log":
             self._log(conn, bool(req.get("follow")))
         else:
@@ -204,6 +243,18 @@ class ControlServer:
             # which happens when the daemon has unmounted and exited.
             self._lingering.append(conn)
             self.host.stop()
+
+    def _reboot(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        request = parse_reboot(req)
+        if request is None:
+            _send(conn, {"status": 1, "error": "bad reboot request"})
+            return
+        done = self.host.reboot(request)
+        if isinstance(done, Rebooted):
+            _send(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
+                         "kho": done.kho, "kho_enabled": done.kho_enabled})
+        else:
+            _send(conn, {"status": done[0], "error": done[1]})
 
     def _log(self, conn: socket.socket, follow: bool) -> None:
         sent = 0
@@ -232,6 +283,19 @@ def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
         return None
     return KexecRequest(req["load"], req["exec"], req.get("append"), req.get("command_line"),
                         req.get("image_size"), req.get("initrd_size") or 0, req.get("to"))
+
+
+def parse_reboot(req: dict[str, Any]) -> RebootRequest | None:
+    """A RebootRequest from its JSON form, or None if a field has the wrong type."""
+    plugins = req.get("plugins")
+    if not (all(req.get(k) is None or isinstance(req.get(k), str)
+                for k in ("machine", "cmdline", "producers"))
+            and (req.get("seed") is None or _is_u64(req.get("seed")))
+            and (plugins is None or (isinstance(plugins, list)
+                                     and all(isinstance(p, str) for p in plugins)))):
+        return None
+    return RebootRequest(req.get("machine"), req.get("cmdline"), req.get("producers"),
+                         tuple(plugins) if plugins is not None else None, req.get("seed"))
 
 
 def _is_u64(value: object) -> bool:
@@ -310,7 +374,7 @@ def _messages(f: IO[bytes], mountpoint: str) -> Any:
         if not isinstance(msg, dict):
             raise ControlError(f"{mountpoint}: unreadable reply from the daemon")
         if msg.get("status"):
-            raise ControlError(str(msg.get("error", "failed")))
+            raise ControlError(str(msg.get("error", "failed")), 2 if msg["status"] == 2 else 1)
         yield msg
 
 
@@ -336,6 +400,22 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
                                    "over") from None
             wait_unmounted()
             return
+    raise ControlError(f"{mountpoint}: the daemon stopped before answering")
+
+
+def reboot(path: Path, mountpoint: str, request: RebootRequest,
+           timeout: float = REBOOT_TIMEOUT) -> Rebooted:
+    """Cold-boot a new kernel in the mount. ControlError with the daemon's line when it
+    refuses (status 2: bad input, nothing changed)."""
+    doc = {"op": "reboot", "machine": request.machine, "cmdline": request.cmdline,
+           "producers": request.producers, "seed": request.seed,
+           "plugins": list(request.plugins) if request.plugins is not None else None}
+    with connect(path, mountpoint) as sock, sock.makefile("rb") as f:
+        sock.settimeout(timeout)
+        _request(sock, doc, mountpoint)
+        for msg in _messages(f, mountpoint):  # a timeout is a ControlError there
+            return Rebooted(int(msg.get("boot", 0)), str(msg.get("cmdline", "")),
+                            bool(msg.get("kho")), bool(msg.get("kho_enabled")))
     raise ControlError(f"{mountpoint}: the daemon stopped before answering")
 
 

@@ -5,8 +5,11 @@ it), which serves FUSE and says "ready" from the FUSE init callback; until then 
 a pipe to the parent, so whatever libfuse prints on a failed mount becomes the parent's one
 error line. After that the daemon logs to a file.
 
-The daemon serves whatever kernel the machine runs now (khofs.daemon.served); `khofs kexec`
-and `khofs log` reach it through its control socket (khofs.daemon.control).
+The daemon serves whatever kernel the machine runs now (khofs.daemon.served); `khofs kexec`,
+`khofs reboot` and `khofs log` reach it through its control socket (khofs.daemon.control).
+
+`umount` is what `khofs umount` runs: it imports nothing of the daemon's serving side, so the
+command starts quickly.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from khofs.daemon import mountinfo
-from khofs.daemon.control import ControlServer
-from khofs.daemon.served import ServedSystem
 from khofs.daemon.state import pid_path, socket_path
-from khofs.engine.system import System
+
+if TYPE_CHECKING:
+    from khofs.daemon.served import Rebooter, ServedSystem
+    from khofs.engine.system import System
 
 READY = b"\nkhofs-ready\n"
 START_TIMEOUT = 30.0
@@ -47,39 +52,45 @@ def setup_logging(stream_or_path: str | None, debug: bool) -> logging.Logger:
 def _serve(host: ServedSystem, mountpoint: str, allow_other: bool, debug: bool,
            on_ready: Callable[[], None] | None = None) -> None:
     """Listen on the control socket, then serve FUSE until unmounted."""
+    from khofs.daemon.control import ControlServer
     from khofs.daemon.fuse_edge import serve
 
     control = ControlServer(socket_path(mountpoint), host)
     control.start()
     try:
-        serve(host.current, mountpoint, host.system.machine.arch.page_size, lock=host.lock,
+        serve(host.current, mountpoint, host.page_size, lock=host.lock,
               allow_other=allow_other, debug=debug, on_ready=on_ready)
     finally:
         control.close()
         host.hand_over_if_stopped_loaded()
 
 
-def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool) -> int:
-    host = ServedSystem(system, mountpoint, setup_logging(None, debug))
+def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool,
+                   rebooter: Rebooter | None = None) -> int:
+    from khofs.daemon.served import ServedSystem
+
+    host = ServedSystem(system, mountpoint, setup_logging(None, debug), rebooter)
     _serve(host, mountpoint, allow_other, debug)
     return 0
 
 
 def start(system: System, mountpoint: str, log_path: Path, allow_other: bool,
-          debug: bool) -> tuple[int, str]:
+          debug: bool, rebooter: Rebooter | None = None) -> tuple[int, str]:
     """Fork the daemon; return (0, "") once the mount is live, or (2, error line)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(r)
-        _daemon(system, mountpoint, log_path, w, allow_other, debug)
+        _daemon(system, mountpoint, log_path, w, allow_other, debug, rebooter)
         os._exit(0)
     os.close(w)
     return _await_ready(pid, r, mountpoint)
 
 
 def _daemon(system: System, mountpoint: str, log_path: Path, w: int, allow_other: bool,
-            debug: bool) -> None:
+            debug: bool, rebooter: Rebooter | None) -> None:
+    from khofs.daemon.served import ServedSystem
+
     os.setsid()
     logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -96,7 +107,7 @@ def _daemon(system: System, mountpoint: str, log_path: Path, w: int, allow_other
 
     status = 0
     try:
-        host = ServedSystem(system, mountpoint, setup_logging(str(log_path), debug))
+        host = ServedSystem(system, mountpoint, setup_logging(str(log_path), debug), rebooter)
         _serve(host, mountpoint, allow_other, debug, on_ready=ready)
     except BaseException as e:  # noqa: BLE001 - the daemon must report, then exit
         print(f"{e}", file=sys.stderr)
@@ -158,10 +169,35 @@ def _wait_for_daemon(pidfile: Path, timeout: float = 10.0) -> None:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _running(pid):
-        time.sleep(0.02)
+    wait_exit(pid, timeout)
     pidfile.unlink(missing_ok=True)
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until pid has exited (a zombie has): True, or False after timeout. A pidfd turns
+    readable the moment the process exits (it is not our child, so no waitpid); where there
+    is no pidfd (Linux before 5.3), /proc is looked at every 20 ms."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return _poll_exit(pid, timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000)) or not _running(pid)
+    finally:
+        os.close(fd)
+
+
+def _poll_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _running(pid: int) -> bool:

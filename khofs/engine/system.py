@@ -3,7 +3,13 @@
 `kexec_load` is `kexec -s -l` (kexec_file_load: with KHO on, kho_fill_kimage's scratch table
 segment first, then the image loader's segments, all inside scratch areas); `kexec_execute`
 is `kexec -e`: the segments are copied to their destinations and the next kernel boots in the
-same RAM with the handover. A `MachineState` carries all that to another process.
+same RAM with the handover. A `MachineState` carries all that to another process. `restart` is
+reboot(2) with LINUX_REBOOT_CMD_RESTART: the machine starts cold.
+
+Boots are numbered twice. The kernel's own count (`Kernel.boot_number`, what a plugin sees as
+`api.boot` and what seeds the boot's randomness) is 1 for a cold boot and grows by one per
+kexec. The log's count (`[boot N]`) goes on across cold restarts too, so `khofs log` tells
+every boot of the machine apart: it is the kernel's count plus `log_base`.
 """
 
 from __future__ import annotations
@@ -69,19 +75,30 @@ class System:
         self.mem = PhysMem(machine.arch.page_size)
         self.records: list[tuple[int, Record]] = []
         self.loaded: LoadedImage | None = None
+        self.boot_cmdline = cmdline  # what the boot loader starts a cold boot with
+        self.log_base = 0  # the log's boot number less the kernel's (cold restarts before)
         if state is None:
             self.kernel = self._boot(cmdline, None, 1)
             return
         self.seed = state.seed
         self.mem.load_pages(state.pages)
         self.records = list(state.records)
+        if self.records:  # the last line is the kernel's that kexec'd: its log number
+            self.log_base = self.records[-1][0] - state.boot_number
         self.kernel = self._start(state.image, state.boot_number + 1)
 
+    @property
+    def log_number(self) -> int:
+        """The running kernel's boot number in the log (`[boot N]`)."""
+        return self.log_base + self.kernel.boot_number
+
     def _boot(self, cmdline: str, handover: Handover | None, number: int) -> Kernel:
+        label = self.log_base + number
+
         def sink(rec: Record) -> None:
-            self.records.append((number, rec))
+            self.records.append((label, rec))
             if self.log_sink is not None:
-                self.log_sink(number, rec)
+                self.log_sink(label, rec)
 
         return Kernel(self.machine, cmdline, self.initcalls, uid=self.uid, gid=self.gid,
                       log_sink=sink, mem=self.mem, handover=handover, boot_number=number,
@@ -159,6 +176,33 @@ class System:
         for phys, data in image.contents:
             self.mem.write(phys, data)
         return self._boot(image.handover.cmdline, image.handover, number)
+
+    # --- reboot(2), LINUX_REBOOT_CMD_RESTART ------------------------------------------------
+
+    def restart(self, machine: Machine | None = None, cmdline: str | None = None,
+                initcalls: Sequence[Initcall] | None = None, seed: int | None = None) -> None:
+        """kernel_restart (kernel/reboot.c), then a cold boot. The old kernel logs its last
+        line ("reboot: Restarting system", KERN_EMERG) and its files go (open ones read EIO);
+        the next kernel starts with new RAM, no loaded image and no handover, as boot 1 of
+        its own count (the log's count goes on). What is not given stays: the machine, the
+        boot loader's command line (the cold boot's, not one a kexec loaded), the drivers and
+        the seed. Another machine is a new machine in the same place."""
+        with self.lock:
+            old = self.kernel
+            old.log.log("emerg", "reboot: Restarting system")
+            old.debugfs.remove(old.debugfs.root)
+            self.log_base += old.boot_number
+            if machine is not None:
+                self.machine = machine
+            if cmdline is not None:
+                self.boot_cmdline = cmdline
+            if initcalls is not None:
+                self.initcalls = initcalls
+            if seed is not None:
+                self.seed = seed
+            self.mem = PhysMem(self.machine.arch.page_size)
+            self.loaded = None
+            self.kernel = self._boot(self.boot_cmdline, None, 1)
 
     def log_lines(self) -> list[str]:
         return [format_record(boot, rec) for boot, rec in self.records]
