@@ -51,14 +51,18 @@ def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
 
 def _boot_table(producers: str | None, plugins: Sequence[str],
                 fresh: bool = False) -> list[Initcall]:
-    from khofs.producers.plugin import load_plugin
-    from khofs.producers.producers_file import load_producers
+    # the file readers are imported only when there is something to read (a mount's start)
     from khofs.producers.table import boot_table
 
     drivers: list[ProducerSpec | PluginFactory] = []
     if producers:
+        from khofs.producers.producers_file import load_producers
+
         drivers.extend(load_producers(producers))
-    drivers.extend(load_plugin(spec, fresh) for spec in plugins)
+    if plugins:
+        from khofs.producers.plugin import load_plugin
+
+        drivers.extend(load_plugin(spec, fresh) for spec in plugins)
     return boot_table(drivers)
 
 

@@ -16,6 +16,21 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise Usage(message)
 
+    def format_help(self) -> str:
+        # help that names the presets is written when asked for: the presets are machines,
+        # which `khofs umount`, `log` and `--version` never load
+        for action in self._actions:
+            lazy = getattr(action, "lazy_help", None)
+            if lazy is not None:
+                action.help = lazy()
+        return super().format_help()
+
+
+def _machine_help() -> str:
+    from khofs.machines.presets import MACHINES
+
+    return f"a preset ({', '.join(MACHINES)}), host, or a machine file"
+
 
 class Version(argparse.Action):
     """--version: khofs and the FUSE backend, which is loaded only then (and to mount)."""
@@ -29,8 +44,6 @@ class Version(argparse.Action):
 
 
 def build_parser() -> Parser:
-    from khofs.machines.presets import MACHINES
-
     p = Parser(prog="khofs", description="A debugfs tree for Kexec HandOver over FUSE.")
     p.add_argument("--version", action=Version, nargs=0, help="show the version and the FUSE "
                    "backend (KHOFS_FUSE), and exit")
@@ -59,8 +72,8 @@ def build_parser() -> Parser:
         dest="machine_command", required=True, parser_class=Parser)
     show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
                          "scratch areas, without mounting")
-    show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
-                      help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE"
+                      ).lazy_help = _machine_help  # type: ignore[attr-defined]
     show.add_argument("--cmdline", default=None, help=CMDLINE_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
     return p
@@ -125,8 +138,6 @@ def _boot_options(p: argparse.ArgumentParser) -> None:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
-    from khofs.machines.presets import MACHINES
-
-    p.add_argument("--machine", default=None, dest="machine_arg",
-                   help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    p.add_argument("--machine", default=None, dest="machine_arg"
+                   ).lazy_help = _machine_help  # type: ignore[attr-defined]
     p.add_argument("--cmdline", default=None, help=CMDLINE_HELP)

@@ -14,7 +14,6 @@ command starts quickly.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import subprocess
@@ -28,6 +27,8 @@ from khofs.daemon import mountinfo
 from khofs.daemon.state import pid_path, socket_path
 
 if TYPE_CHECKING:
+    import logging
+
     from khofs.daemon.served import Rebooter, ServedSystem
     from khofs.engine.system import System
 
@@ -37,6 +38,8 @@ START_TIMEOUT = 30.0
 
 def setup_logging(stream_or_path: str | None, debug: bool) -> logging.Logger:
     """The daemon's log: kernel lines as dmesg prints them, and khofs's own messages."""
+    import logging  # the daemon's: `khofs umount` has no log
+
     handler: logging.Handler
     if stream_or_path is None:
         handler = logging.StreamHandler(sys.stderr)
@@ -110,6 +113,8 @@ def _daemon(system: System, mountpoint: str, log_path: Path, w: int, allow_other
         host = ServedSystem(system, mountpoint, setup_logging(str(log_path), debug), rebooter)
         _serve(host, mountpoint, allow_other, debug, on_ready=ready)
     except BaseException as e:  # noqa: BLE001 - the daemon must report, then exit
+        import logging
+
         print(f"{e}", file=sys.stderr)
         logging.getLogger("khofs").exception("daemon stopped")
         status = 1

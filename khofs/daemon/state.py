@@ -5,7 +5,6 @@ They live in $XDG_RUNTIME_DIR/khofs, else /tmp/khofs-UID, named after the mount 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -39,5 +38,7 @@ def socket_path(mountpoint: str) -> Path:
     path = runtime_dir() / f"{_state_name(mountpoint)}.sock"
     if len(os.fsencode(path)) <= SUN_PATH_MAX:
         return path
+    import hashlib  # loads libcrypto: only for a mount point this long
+
     digest = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
     return runtime_dir() / f"ctl-{digest}.sock"
