@@ -116,6 +116,7 @@ OPERATIONS = (
     "listxattr", "opendir", "readdir", "releasedir", "fsyncdir", "init", "destroy", "access",
     "create", "utimens", "ioctl",
 )
+_SERVED = frozenset(OPERATIONS)  # looked up on every request
 
 
 class BackendError(InputError):
@@ -205,7 +206,7 @@ class DebugfsOperations:
         try:
             with self._tree_lock:
                 method = getattr(self, op, None)
-                if op not in OPERATIONS or method is None:
+                if op not in _SERVED or method is None:
                     raise FuseError(errno.EFAULT)  # what fusepy's Operations said
                 return method(*args)
         except OSError:
