@@ -183,6 +183,18 @@ def cfs_mount(stack: ExitStack, cfs: Path, src: Path, mnt: str) -> int:
     return pids[0]
 
 
+def compile_khofs() -> None:
+    """Byte-compile the khofs that `python -m khofs` imports, as `pip install` does: the
+    start-up rows measure a user's start, not compiling every module (an editable install
+    writes its .pyc files on first use, unless PYTHONDONTWRITEBYTECODE says not to)."""
+    import khofs
+
+    package = Path(khofs.__file__).parent
+    r = run([sys.executable, "-m", "compileall", "-q", str(package)])
+    if r.returncode != 0:
+        raise RuntimeError(f"compileall {package}: {r.stdout.strip()} {r.stderr.strip()}")
+
+
 def build_cfs(workdir: Path) -> Path:
     flags = run(["pkg-config", "--cflags", "--libs", "fuse3"])
     if flags.returncode != 0:
@@ -476,6 +488,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on SIGTERM too
+    compile_khofs()
     shm_parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     per_backend: dict[str, dict[str, object]] = {}
     with ExitStack() as stack:
