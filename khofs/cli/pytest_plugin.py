@@ -37,15 +37,14 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from khofs.cli.boot import absolute_machine, absolute_plugin
-from khofs.cli.requests import Failure, reboot_request
 from khofs.daemon import mountinfo
-from khofs.daemon.control import ControlError, RebootRequest, stream_log
-from khofs.daemon.state import socket_path
+
+if TYPE_CHECKING:  # the rest is imported when a test first uses `kho`, not at pytest's start
+    from khofs.daemon.control import RebootRequest
 
 KHOFS = [sys.executable, "-m", "khofs"]
 BOOT = re.compile(r"^\[boot (\d+)\] ")
@@ -86,6 +85,9 @@ class SessionMount:
         """A new kernel, booted as `khofs mount` with options would boot it (request: the
         same as `khofs reboot` options): its boot number in the mount's log. The first test
         mounts; the others reboot, unless the daemon is gone."""
+        from khofs.cli.requests import Failure, reboot_request
+        from khofs.daemon.control import ControlError
+
         if self.mounted:
             try:
                 return reboot_request(self.mountpoint, request).boot
@@ -177,6 +179,9 @@ class Kho:
     def reboot_options(self) -> RebootRequest:
         """The same boot as a `khofs reboot` request: every option given (a machine and no
         command line boots the machine's default one)."""
+        from khofs.cli.boot import absolute_machine, absolute_plugin
+        from khofs.daemon.control import RebootRequest
+
         return RebootRequest(
             machine=absolute_machine(self.machine), cmdline=self.cmdline,
             producers=str(self._producers_file()) if self.producers else "",
@@ -220,6 +225,9 @@ class Kho:
     def log(self) -> list[str]:
         """`khofs log`'s lines of this test's kernels only, their boots numbered from 1 as
         on a mount of its own."""
+        from khofs.daemon.control import ControlError, stream_log
+        from khofs.daemon.state import socket_path
+
         lines: list[str] = []
         root = self.root
         try:
