@@ -86,8 +86,9 @@ test: lint unit unit-fuse3
 demo: setup
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
+# Both FUSE backends in one run; `$(PY) scripts/bench.py --cpu 1 ...` pins everything to CPU 1.
 bench: setup fuse3-dev
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --backend 2 --backend 3
 
 # 8 processes for 60 s against one mount; every invariant checked after every step.
 stress: setup fuse3-dev

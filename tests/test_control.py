@@ -216,7 +216,11 @@ def test_log_without_follow_ends(mnt: Path) -> None:
 
 
 def test_malformed_requests(mnt: Path) -> None:
-    assert request(mnt, {"op": "reboot"}) == [{"status": 1, "error": "bad control request"}]
+    assert request(mnt, {"op": "halt"}) == [{"status": 1, "error": "bad control request"}]
+    for bad_reboot in ({"seed": "1"}, {"seed": -1}, {"plugins": "a:b"}, {"plugins": [1]},
+                       {"machine": 2}, {"cmdline": ["kho=on"]}, {"producers": True}):
+        assert request(mnt, {"op": "reboot", **bad_reboot}) == [
+            {"status": 1, "error": "bad reboot request"}]
     assert request(mnt, ["log"]) == [{"status": 1, "error": "bad control request"}]
     bad = {"op": "kexec", "load": True, "exec": True, "image_size": "big"}
     assert request(mnt, bad) == [{"status": 1, "error": "bad kexec request"}]

@@ -9,7 +9,7 @@ import libfdt
 import pytest
 
 from khofs.engine.kernel import Kernel
-from khofs.engine.kho_out import KEXEC_KHO_FINALIZE
+from khofs.engine.kho_out import KEXEC_KHO_FINALIZE, KhoSerialization
 from khofs.engine.memtrack import CHUNK_HDR, PRESERVE_BITS, split_blocks
 from khofs.engine.notifier import (
     NOTIFY_BAD,
@@ -162,3 +162,34 @@ def test_chunks_split_at_255_bitmaps(n: int, kernel: Kernel) -> None:
     total = n + 1  # the root page shares no bitmap with them
     assert sum(counts) == total and all(c <= 255 for c in counts)
     assert len(counts) == -(-total // 255)
+
+
+def test_every_finalize_writes_libfdts_bytes_also_when_the_tree_changes() -> None:
+    """kho_finalize writes the root FDT anew each time; khofs keeps the head and the tail of
+    that writing between finalizes. Whatever changed in between (a sub-tree more or fewer,
+    another memory map), each root is libfdt's tree of that moment."""
+    k = boot_kernel(drivers=[ProducerSpec("alpha", SUB)])
+    (alpha,) = drivers_of(k, ConfigProducer)
+    extra: list[tuple[str, int]] = []
+
+    class Sometimes:
+        """Adds a sub-tree on the finalizes it is told to."""
+
+        priority = 0
+
+        def notifier_call(self, action: int, data: object) -> int:
+            if action == KEXEC_KHO_FINALIZE and extra:
+                assert isinstance(data, KhoSerialization)
+                assert k.kho.add_subtree(data, extra[0][0], extra[0][1]) == 0
+            return NOTIFY_DONE
+
+    k.kho.register_notifier(Sometimes())
+    for cycle in range(6):
+        extra[:] = [("beta", alpha.fdt_phys)] if cycle in (2, 3) else []
+        if cycle == 4:
+            assert k.kho.preserve_phys(0x100000000, 0x200000) == 0  # a longer memory map
+        assert k.kho.finalize_set(1) == 0
+        root = read_blob(k, "/kho/out/fdt")
+        (map_phys,) = struct.unpack("<Q", libfdt.Fdt(root).getprop(0, "preserved-memory-map"))
+        assert root == kho_root(map_phys, [("alpha", alpha.fdt_phys), *extra]), cycle
+        assert k.kho.finalize_set(0) == 0

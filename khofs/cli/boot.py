@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khofs.cli.parser import Usage
 
 if TYPE_CHECKING:
+    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.served import ColdBoot, Rebooter
     from khofs.engine.driver import Initcall
     from khofs.engine.era import Profile
     from khofs.engine.kernel import Kernel
@@ -82,14 +85,23 @@ def cmdline_of(args: argparse.Namespace, machine: Machine) -> str:
 
 def boot_table_of(args: argparse.Namespace) -> list[Initcall]:
     """The boot table: --producers FILE, then each --plugin, in that order."""
-    from khofs.producers.plugin import load_plugin
-    from khofs.producers.producers_file import load_producers
+    return _boot_table(getattr(args, "producers", None), getattr(args, "plugin", None) or ())
+
+
+def _boot_table(producers: str | None, plugins: Sequence[str],
+                fresh: bool = False) -> list[Initcall]:
+    # the file readers are imported only when there is something to read (a mount's start)
     from khofs.producers.table import boot_table
 
     drivers: list[ProducerSpec | PluginFactory] = []
-    if getattr(args, "producers", None):
-        drivers.extend(load_producers(args.producers))
-    drivers.extend(load_plugin(spec) for spec in getattr(args, "plugin", None) or ())
+    if producers:
+        from khofs.producers.producers_file import load_producers
+
+        drivers.extend(load_producers(producers))
+    if plugins:
+        from khofs.producers.plugin import load_plugin
+
+        drivers.extend(load_plugin(spec, fresh) for spec in plugins)
     return boot_table(drivers)
 
 
@@ -108,6 +120,67 @@ def check_table(args: argparse.Namespace, initcalls: list[Initcall], *profiles: 
         problem = initcall_problem(initcalls, profile)
         if problem:
             raise Usage(f"{args.producers}: {problem}")
+
+
+# --- khofs reboot: what the daemon boots next -----------------------------------------------
+
+def absolute_machine(spec: str | None) -> str | None:
+    """--machine as the daemon (in another directory) reads it: a machine file's path (as
+    load_machine tells one from a preset) absolute."""
+    if spec is None or spec == "host":
+        return spec
+    from khofs.machines.presets import MACHINES
+
+    if spec in MACHINES or not ("/" in spec or spec.endswith(".toml") or os.path.isfile(spec)):
+        return spec
+    return os.path.abspath(spec)
+
+
+def absolute_plugin(spec: str) -> str:
+    """--plugin with a file's path absolute (a dotted module name stays as it is)."""
+    module, colon, function = spec.rpartition(":")
+    if colon and (module.endswith(".py") or "/" in module):
+        return f"{os.path.abspath(module)}:{function}"
+    return spec
+
+
+def rebooter_of(args: argparse.Namespace, system: System) -> Rebooter:
+    """What `khofs reboot` on this mount keeps unless told otherwise: the options it was
+    mounted with (paths made absolute), and how options become a cold boot."""
+    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.served import Rebooter
+
+    options = RebootRequest(
+        machine=absolute_machine(args.machine_arg), cmdline=args.cmdline,
+        producers=os.path.abspath(args.producers) if args.producers else "",
+        plugins=tuple(absolute_plugin(spec) for spec in args.plugin), seed=system.seed,
+        abi=args.abi)
+    return Rebooter(options, cold_boot)
+
+
+def cold_boot(request: RebootRequest) -> ColdBoot:
+    """The daemon's loader for `khofs reboot` (the options merged with the mount's): the
+    machine when one is named, its command line, and the drivers, read from their files
+    again (a plugin module runs anew). InputError (one line) for bad input."""
+    from khofs.daemon.served import ColdBoot
+    from khofs.engine.driver import initcall_problem
+    from khofs.engine.era import profile_of as profile_of_abi
+    from khofs.errors import InputError
+    from khofs.machines.load import load_machine
+
+    try:
+        machine = load_machine(request.machine) if request.machine is not None else None
+        cmdline = request.cmdline
+        if cmdline is None and machine is not None:
+            cmdline = machine.cmdline or DEFAULT_CMDLINE
+        initcalls = _boot_table(request.producers or None, request.plugins or (), fresh=True)
+        profile = profile_of_abi(request.abi) if request.abi is not None else None
+        problem = initcall_problem(initcalls, profile) if profile is not None else None
+    except (Usage, ValueError) as e:
+        raise InputError(str(e)) from None
+    if problem:
+        raise InputError(f"{request.producers}: {problem}")
+    return ColdBoot(machine, cmdline, initcalls, request.seed or 0, profile)
 
 
 def boot_kernel(args: argparse.Namespace) -> Kernel:
@@ -171,12 +244,21 @@ def _system_from(args: argparse.Namespace, initcalls: list[Initcall],
 
 
 def warn_kho_off(kernel: Kernel) -> None:
-    if not kernel.params.kho:
-        print(f"khofs: KHO is off on the kernel command line {kernel.params.cmdline!r}, as a "
-              "kernel would boot it: no kho/ directory (add kho=on)", file=sys.stderr)
-    elif not kernel.kho_enabled:
-        said = ("6.16 logs nothing" if not kernel.era.warn_no_scratch else
+    note = kho_note(kernel.params.kho, kernel.kho_enabled, kernel.params.cmdline,
+                    kernel.era.warn_no_scratch)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def kho_note(kho: bool, enabled: bool, cmdline: str, logged: bool = False) -> str | None:
+    """What `khofs mount` and `khofs reboot` say when the kernel they booted has no KHO
+    (logged: the kernel's version logs the scratch failure itself, from 6.18)."""
+    if not kho:
+        return (f"khofs: KHO is off on the kernel command line {cmdline!r}, as a kernel would "
+                "boot it: no kho/ directory (add kho=on)")
+    if not enabled:
+        said = ("6.16 logs nothing" if not logged else
                 "logged as \"KHO: Failed to reserve scratch area, disabling kexec handover\"")
-        print(f"khofs: KHO was disabled during boot: a scratch area could not be allocated "
-              f"({said}; `khofs machine show` shows the sizes): no kho/ directory",
-              file=sys.stderr)
+        return (f"khofs: KHO was disabled during boot: a scratch area could not be allocated "
+                f"({said}; `khofs machine show` shows the sizes): no kho/ directory")
+    return None

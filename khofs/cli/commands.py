@@ -15,6 +15,7 @@ from khofs.cli.boot import (
     boot_kernel,
     check_mountpoint,
     make_system,
+    rebooter_of,
     warn_kho_off,
 )
 from khofs.cli.parser import Usage
@@ -36,10 +37,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     load_backend()  # a KHOFS_FUSE backend that is not there fails here, before the daemon
     system = make_system(args)
     warn_kho_off(system.kernel)
+    rebooter = rebooter_of(args, system)
     if args.foreground:
-        return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug)
+        return daemon.run_foreground(system, mountpoint, args.allow_other, args.debug,
+                                     rebooter)
     logfd = _open_log(args.log, default_log_path(mountpoint))
-    status, problem = daemon.start(system, mountpoint, logfd, args.allow_other, args.debug)
+    status, problem = daemon.start(system, mountpoint, logfd, args.allow_other, args.debug,
+                                   rebooter)
     if status:
         raise Usage(f"cannot mount {mountpoint}: {problem}")
     return 0

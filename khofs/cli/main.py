@@ -1,19 +1,41 @@
-"""The `khofs` command: mount, run, umount, kexec, log, compat, machine show."""
+"""The `khofs` command: mount, run, umount, kexec, reboot, log, compat, machine show.
+
+Each command's module is imported when that command runs, so a command imports only what it
+uses (`khofs umount` and `khofs log` never load the emulated kernel or a FUSE binding).
+"""
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib import import_module
 from types import FrameType
 
-from khofs.cli.commands import cmd_compat, cmd_machine_show, cmd_mount, cmd_run, cmd_umount
 from khofs.cli.parser import Usage, build_parser
-from khofs.cli.requests import cmd_kexec, cmd_log
 from khofs.errors import InputError, Interrupted
+
+# command -> (module, function)
+COMMANDS = {
+    "mount": ("khofs.cli.commands", "cmd_mount"),
+    "run": ("khofs.cli.commands", "cmd_run"),
+    "umount": ("khofs.cli.commands", "cmd_umount"),
+    "machine": ("khofs.cli.commands", "cmd_machine_show"),
+    "compat": ("khofs.cli.commands", "cmd_compat"),
+    "kexec": ("khofs.cli.requests", "cmd_kexec"),
+    "reboot": ("khofs.cli.requests", "cmd_reboot"),
+    "log": ("khofs.cli.requests", "cmd_log"),
+}
+
+
+def command_of(name: str) -> Callable[[argparse.Namespace], int]:
+    module, function = COMMANDS[name]
+    command: Callable[[argparse.Namespace], int] = getattr(import_module(module), function)
+    return command
 
 # what interrupts a command: Ctrl-C, kill, a closed terminal
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -22,8 +44,6 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def main(argv: Sequence[str] | None = None, *, final: bool = False) -> int:
     """Run one command: its exit status. `final`: the process ends after it (see
     _signals_interrupt)."""
-    from khofs.daemon.fuse_edge import BackendError
-
     # paths are bytes to the kernel: print them as the bytes they are
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -31,14 +51,11 @@ def main(argv: Sequence[str] | None = None, *, final: bool = False) -> int:
     try:
         with _signals_interrupt(final):
             args = build_parser().parse_args(argv)
-            command = {"mount": cmd_mount, "machine": cmd_machine_show, "umount": cmd_umount,
-                       "kexec": cmd_kexec, "log": cmd_log, "run": cmd_run,
-                       "compat": cmd_compat}[args.command]
-            status = command(args)
+            status = command_of(args.command)(args)
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # the outcome is decided
             return status
-    # BackendError: KHOFS_FUSE names a backend that is not there
-    except (Usage, InputError, BackendError) as e:
+    # InputError includes BackendError: KHOFS_FUSE names a backend that is not there
+    except (Usage, InputError) as e:
         print(f"khofs: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

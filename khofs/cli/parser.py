@@ -16,6 +16,21 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise Usage(message)
 
+    def format_help(self) -> str:
+        # help that names the presets is written when asked for: the presets are machines,
+        # which `khofs umount`, `log` and `--version` never load
+        for action in self._actions:
+            lazy = getattr(action, "lazy_help", None)
+            if lazy is not None:
+                action.help = lazy()
+        return super().format_help()
+
+
+def _machine_help() -> str:
+    from khofs.machines.presets import MACHINES
+
+    return f"a preset ({', '.join(MACHINES)}), host, or a machine file"
+
 
 class Version(argparse.Action):
     """--version: khofs and the FUSE backend, which is loaded only then (and to mount)."""
@@ -29,8 +44,6 @@ class Version(argparse.Action):
 
 
 def build_parser() -> Parser:
-    from khofs.machines.presets import MACHINES
-
     p = Parser(prog="khofs", description="A debugfs tree for Kexec HandOver over FUSE.")
     p.add_argument("--version", action=Version, nargs=0, help="show the version and the FUSE "
                    "backend (KHOFS_FUSE), and exit")
@@ -59,6 +72,7 @@ def build_parser() -> Parser:
     u = sub.add_parser("umount", help="unmount, also when the daemon died")
     u.add_argument("mountpoint")
     _kexec_parser(sub)
+    _reboot_parser(sub)
     lg = sub.add_parser("log", help="the emulated kernel's log across boots, like dmesg")
     lg.add_argument("mountpoint")
     lg.add_argument("-f", "--follow", action="store_true",
@@ -68,8 +82,8 @@ def build_parser() -> Parser:
         dest="machine_command", required=True, parser_class=Parser)
     show = ms.add_parser("show", help="boot a machine and show its memory, reservations and "
                          "scratch areas, without mounting")
-    show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE",
-                      help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    show.add_argument("machine_arg", nargs="?", default="laptop", metavar="NAME|FILE"
+                      ).lazy_help = _machine_help  # type: ignore[attr-defined]
     show.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)
     show.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)
     show.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -116,6 +130,8 @@ def _boots(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: a positive integer")
     return value
+
+
 def _serve_options(p: argparse.ArgumentParser, foreground: str | None, log: str) -> None:
     """How the machine is served: shared by mount and run (which always serves in the
     foreground, so it has no --foreground)."""
@@ -124,6 +140,20 @@ def _serve_options(p: argparse.ArgumentParser, foreground: str | None, log: str)
     if foreground is not None:
         p.add_argument("--foreground", action="store_true", help=foreground)
     p.add_argument("--log", metavar="FILE", help=log)
+
+
+def _reboot_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    rb = sub.add_parser("reboot", help="cold-boot a new kernel in the mount (reboot(2) with "
+                        "RESTART): new RAM, no handover; options not given stay as they are")
+    rb.add_argument("mountpoint")
+    _machine_options(rb)
+    rb.add_argument("--producers", metavar="FILE",
+                    help="TOML file of KHO producers ('' for none)")
+    rb.add_argument("--plugin", metavar="MODULE:FUNCTION", action="append", default=None,
+                    help="a KHO user written in Python (repeatable; replaces the running "
+                    "kernel's; '' for none)")
+    rb.add_argument("--seed", type=_seed, default=None,
+                    help="seed of the emulated randomness")
 
 
 SEED_MAX = (1 << 64) - 1  # the seed a handover records is a u64
@@ -183,9 +213,7 @@ def _boot_options(p: argparse.ArgumentParser) -> None:
 
 
 def _machine_options(p: argparse.ArgumentParser) -> None:
-    from khofs.machines.presets import MACHINES
-
-    p.add_argument("--machine", default=None, dest="machine_arg",
-                   help=f"a preset ({', '.join(MACHINES)}), host, or a machine file")
+    p.add_argument("--machine", default=None, dest="machine_arg"
+                   ).lazy_help = _machine_help  # type: ignore[attr-defined]
     p.add_argument("--cmdline", default=None, type=_cmdline, help=CMDLINE_HELP)
     p.add_argument("--abi", type=_abi, default=None, metavar="ERA|RELEASE", help=ABI_HELP)

@@ -1,4 +1,4 @@
-"""`khofs kexec` and `khofs log`: requests to the daemon serving a mount."""
+"""`khofs kexec`, `khofs reboot` and `khofs log`: requests to the daemon serving a mount."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from khofs.cli.parser import Usage
 from khofs.errors import Interrupted
+
+if TYPE_CHECKING:
+    from khofs.daemon.control import Rebooted, RebootRequest
 
 UNMOUNT_TIMEOUT = 10.0
 
@@ -78,6 +82,43 @@ def _wait_unmounted(mountpoint: str) -> None:
         if time.monotonic() > deadline:
             raise Failure(f"{mountpoint}: still mounted after the handover")
         time.sleep(0.02)
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    """khofs reboot: nothing on stdout; the KHO-off note on stderr, as `khofs mount` gives
+    it; bad input (the daemon's loader refused it) exits 2, nothing changed."""
+    from khofs.cli.boot import absolute_machine, absolute_plugin, kho_note
+    from khofs.daemon.control import ControlError, RebootRequest
+
+    producers = args.producers
+    request = RebootRequest(
+        machine=absolute_machine(args.machine_arg), cmdline=args.cmdline,
+        producers=os.path.abspath(producers) if producers else producers,
+        plugins=(tuple(absolute_plugin(spec) for spec in args.plugin if spec)
+                 if args.plugin is not None else None),
+        seed=args.seed, abi=args.abi)
+    try:
+        done = reboot_request(args.mountpoint, request)
+    except Failure as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return 1
+    except ControlError as e:
+        print(f"khofs: {e}", file=sys.stderr)
+        return e.status
+    note = kho_note(done.kho, done.kho_enabled, done.cmdline)
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def reboot_request(mountpoint: str | os.PathLike[str],
+                   request: RebootRequest | None = None) -> Rebooted:
+    """`khofs reboot`'s request, sent from this process (the pytest plugin sends it so, per
+    test): the kernel it started. Failure (nothing of khofs there) or ControlError."""
+    from khofs.daemon.control import RebootRequest, reboot
+
+    given, sock = _control(os.fspath(mountpoint))
+    return reboot(sock, given, request or RebootRequest())
 
 
 def cmd_log(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """The daemon's private control channel: a Unix socket beside its pid file.
 
-`khofs kexec` and `khofs log` talk to the daemon serving a mount through it, so the debugfs
-tree stays exactly the kernel's. The socket is mode 0600 in the per-user runtime directory,
-and the daemon also checks SO_PEERCRED: a peer whose uid is not the daemon's gets one refusal
-line, and the refusal goes to the daemon's log.
+`khofs kexec`, `khofs reboot` and `khofs log` talk to the daemon serving a mount through it,
+so the debugfs tree stays exactly the kernel's. The socket is mode 0600 in the per-user
+runtime directory, and the daemon also checks SO_PEERCRED: a peer whose uid is not the
+daemon's gets one refusal line, and the refusal goes to the daemon's log.
 
 The protocol is one JSON object per line, each way:
 
@@ -11,6 +11,12 @@ The protocol is one JSON object per line, each way:
      "image_size": int|null, "initrd_size": int, "to": str|null,
      "abi": str|null, "image_release": str|null}
         -> {"status": 0} | {"status": 1, "error": "one line"}
+    {"op": "reboot", "machine": str|null, "cmdline": str|null, "producers": str|null,
+     "plugins": [str]|null, "seed": int|null, "abi": str|null}  (null: keep the current one)
+        -> {"status": 0, "boot": N, "cmdline": str, "kho": bool, "kho_enabled": bool}
+           (N: the new kernel's boot number in the log; kho: the command line turns KHO on;
+           kho_enabled: it is on after the boot)
+         | {"status": 2, "error": "one line"} (bad input: the old kernel keeps running)
     {"op": "log", "follow": bool}
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
            (a follow stream ends when the daemon stops, as the connection closes)
@@ -48,6 +54,7 @@ FOLLOW_POLL = 0.5
 STOP_TIMEOUT = 30.0
 DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
 REQUEST_TIMEOUT = 10.0
+REBOOT_TIMEOUT = 60.0  # a reboot loads producers and plugins
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,36 @@ class KexecRequest:
     image_release: str | None = None  # the release in the image's header, if it has one
 
 
+@dataclass(frozen=True)
+class RebootRequest:
+    """`khofs reboot`: a cold boot with these options; None keeps the current one. Paths are
+    absolute. producers "" is none; plugins () is none."""
+
+    machine: str | None = None
+    cmdline: str | None = None
+    producers: str | None = None
+    plugins: tuple[str, ...] | None = None
+    seed: int | None = None
+    abi: str | None = None  # the kernel's version, as --abi takes it
+
+
+@dataclass(frozen=True)
+class Rebooted:
+    """The kernel a reboot started: its boot number in the log, its command line, whether
+    that turns KHO on and whether KHO is on after the boot."""
+
+    boot: int
+    cmdline: str
+    kho: bool
+    kho_enabled: bool
+
+
 class ControlTarget(Protocol):
     """What the daemon offers the channel (khofs.daemon.served.ServedSystem)."""
 
     def kexec(self, request: KexecRequest) -> tuple[int, str]: ...
+
+    def reboot(self, request: RebootRequest) -> tuple[int, str] | Rebooted: ...
 
     def log_lines(self, start: int) -> list[str]: ...
 
@@ -78,7 +111,12 @@ class ControlTarget(Protocol):
 
 
 class ControlError(Exception):
-    """A client-side failure: the message is the whole line (exit status 1)."""
+    """A client-side failure: the message is the whole line; status 2 when the daemon
+    refused bad input, else 1 (the exit status)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -200,6 +238,8 @@ class ControlServer:
             log.warning("khofs: control: dropped a kexec request whose client went away")
         elif op == "kexec":
             self._kexec(conn, req)
+        elif op == "reboot":
+            self._reboot(conn, req)
         elif op == "log":
             self._log(conn, bool(req.get("follow")))
         else:
@@ -217,6 +257,18 @@ class ControlServer:
             # which happens when the daemon has unmounted and exited.
             self._lingering.append(conn)
             self.host.stop()
+
+    def _reboot(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        request = parse_reboot(req)
+        if request is None:
+            _send(conn, {"status": 1, "error": "bad reboot request"})
+            return
+        done = self.host.reboot(request)
+        if isinstance(done, Rebooted):
+            _send(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
+                         "kho": done.kho, "kho_enabled": done.kho_enabled})
+        else:
+            _send(conn, {"status": done[0], "error": done[1]})
 
     def _log(self, conn: socket.socket, follow: bool) -> None:
         sent = 0
@@ -247,6 +299,20 @@ def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:
     return KexecRequest(req["load"], req["exec"], req.get("append"), req.get("command_line"),
                         req.get("image_size"), req.get("initrd_size") or 0, req.get("to"),
                         req.get("abi"), req.get("image_release"))
+
+
+def parse_reboot(req: dict[str, Any]) -> RebootRequest | None:
+    """A RebootRequest from its JSON form, or None if a field has the wrong type."""
+    plugins = req.get("plugins")
+    if not (all(req.get(k) is None or isinstance(req.get(k), str)
+                for k in ("machine", "cmdline", "producers", "abi"))
+            and (req.get("seed") is None or _is_u64(req.get("seed")))
+            and (plugins is None or (isinstance(plugins, list)
+                                     and all(isinstance(p, str) for p in plugins)))):
+        return None
+    return RebootRequest(req.get("machine"), req.get("cmdline"), req.get("producers"),
+                         tuple(plugins) if plugins is not None else None, req.get("seed"),
+                         req.get("abi"))
 
 
 def _is_u64(value: object) -> bool:
@@ -374,7 +440,8 @@ class _Replies:
             if not isinstance(msg, dict):
                 raise ControlError(f"{self.mountpoint}: unreadable reply from the daemon")
             if msg.get("status"):
-                raise ControlError(str(msg.get("error", "failed")))
+                raise ControlError(str(msg.get("error", "failed")),
+                                   2 if msg["status"] == 2 else 1)
             yield msg
 
 
@@ -400,6 +467,22 @@ def kexec(path: Path, mountpoint: str, request: KexecRequest,
                                    "over") from None
             wait_unmounted()
             return
+    raise ControlError(f"{mountpoint}: the daemon stopped before answering")
+
+
+def reboot(path: Path, mountpoint: str, request: RebootRequest,
+           timeout: float = REBOOT_TIMEOUT) -> Rebooted:
+    """Cold-boot a new kernel in the mount. ControlError with the daemon's line when it
+    refuses (status 2: bad input, nothing changed)."""
+    doc = {"op": "reboot", "machine": request.machine, "cmdline": request.cmdline,
+           "producers": request.producers, "seed": request.seed, "abi": request.abi,
+           "plugins": list(request.plugins) if request.plugins is not None else None}
+    with connect(path, mountpoint) as sock:
+        replies = _Replies(sock, mountpoint)
+        _request(sock, doc, mountpoint)
+        for msg in replies.messages(timeout):
+            return Rebooted(int(msg.get("boot", 0)), str(msg.get("cmdline", "")),
+                            bool(msg.get("kho")), bool(msg.get("kho_enabled")))
     raise ControlError(f"{mountpoint}: the daemon stopped before answering")
 
 

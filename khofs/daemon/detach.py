@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -112,6 +113,23 @@ def _run(argv: list[str]) -> bool:
 
 
 def _wait_for_exit(pid: int, timeout: float = DAEMON_EXIT_TIMEOUT) -> None:
+    """Until pid has exited (a zombie has), at most timeout. A pidfd turns readable the moment
+    the process exits (it is not our child, so no waitpid); where there is no pidfd (Linux
+    before 5.3), /proc is looked at every 20 ms."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(timeout * 1000)
+        finally:
+            os.close(fd)
+        return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and is_running(pid):
         time.sleep(0.02)

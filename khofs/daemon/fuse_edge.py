@@ -24,10 +24,8 @@ sees one kernel, and open files of a kernel that is gone read EIO, as the engine
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import importlib
-import importlib.metadata
 import importlib.util
 import itertools
 import logging
@@ -44,6 +42,7 @@ from typing import Any, Protocol
 
 from khofs.daemon.opener import Opener
 from khofs.debugfs.inode import Dentry, OpenFile
+from khofs.errors import InputError
 
 log = logging.getLogger("khofs.daemon.fuse_edge")
 
@@ -51,7 +50,11 @@ ENV = "KHOFS_FUSE"
 DEFAULT_BACKEND = "2"
 DEBUGFS_MAGIC = 0x64626720
 NAME_MAX = 255
-MAX_WRITE = 128 * 1024
+MAX_WRITE = 128 * 1024  # libfuse2's ceiling: writes and reads of at most 32 pages a request
+# libfuse3's default, the FUSE module's limit (fuse_max_pages_limit, 256 pages): libfuse3
+# derives max_pages from max_write, so this is also the largest read a request carries
+FUSE3_MAX_WRITE = 1024 * 1024
+MAX_WRITES = {"2": MAX_WRITE, "3": FUSE3_MAX_WRITE}  # writes up to these arrive whole
 
 # --- the options, one table per backend ------------------------------------------------------
 
@@ -81,7 +84,6 @@ FUSE2_OPTIONS: dict[str, Any] = {
 # without it).
 FUSE3_OPTIONS: dict[str, Any] = {**COMMON_OPTIONS, "max_idle_threads": 10}
 FUSE3_CONFIG: dict[str, int] = {"use_ino": 1}  # struct fuse_config fields
-FUSE3_MAX_WRITE = MAX_WRITE  # struct fuse_conn_info.max_write: writes up to it arrive whole
 
 # Capabilities libfuse3 asks the kernel for by default and libfuse2 does not. Without
 # ATOMIC_O_TRUNC, `echo 1 > finalize` truncates through setattr first, as on a kernel (mtime
@@ -118,9 +120,10 @@ OPERATIONS = (
     "listxattr", "opendir", "readdir", "releasedir", "fsyncdir", "init", "destroy", "access",
     "create", "utimens", "ioctl",
 )
+_SERVED = frozenset(OPERATIONS)  # looked up on every request
 
 
-class BackendError(Exception):
+class BackendError(InputError):
     """The FUSE backend asked for cannot be used: one line, a start-up error."""
 
 
@@ -213,20 +216,26 @@ class DebugfsOperations:
     # as libfuse3 always does, so `touch -a` / `touch -m` set just the one time
     flag_utime_omit_ok = 1
 
-    def __init__(self, fs: Tree | Callable[[], Tree], page_size: int,
+    def __init__(self, fs: Tree | Callable[[], Tree], page_size: int | Callable[[], int],
                  on_ready: Callable[[], None] | None = None,
                  lock: AbstractContextManager[Any] | None = None,
                  capable: Capable | None = None, context: Any = None) -> None:
         self._current: Callable[[], Tree] = fs if callable(fs) else _constant(fs)
         self._capable = capable
         self._context = context  # the binding's module: fuse_get_context, libfuse
-        self.page_size = page_size
+        # a function when the machine may change under the mount (a reboot to another one)
+        self._page_size = page_size
         self.on_ready = on_ready
         self.handles: dict[int, OpenFile] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
         self._tree_lock: AbstractContextManager[Any] = lock or nullcontext()
         self.started = False  # init ran: the mount is up
+
+    @property
+    def page_size(self) -> int:
+        """The running machine's page size (st_blksize, statfs)."""
+        return self._page_size if isinstance(self._page_size, int) else self._page_size()
 
     @property
     def fs(self) -> Tree:
@@ -240,7 +249,7 @@ class DebugfsOperations:
         try:
             with self._lock_for(op, args):
                 method = getattr(self, op, None)
-                if op not in OPERATIONS or method is None:
+                if op not in _SERVED or method is None:
                     raise FuseError(errno.EFAULT)  # what fusepy's Operations said
                 return method(*args)
         except OSError:
@@ -446,7 +455,7 @@ class _Fuse3Operations:
         """libfuse3's init(conn, config): the settings libfuse2 took as options, then ours."""
         for name, value in FUSE3_CONFIG.items():
             setattr(config, name, value)
-        conn.max_write = FUSE3_MAX_WRITE
+        conn.max_write = FUSE3_MAX_WRITE  # and max_pages: 1 MiB reads (libfuse2: 128 KiB)
         conn.want &= ~FUSE3_WANT_OFF
         self.ops("init", "/")
 
@@ -474,8 +483,18 @@ class Backend:
     version: str  # "2" or "3", as KHOFS_FUSE says
     module: Any  # the binding: fusepy's `fuse` or `mfusepy`
     fuse: Any  # its FUSE class
-    binding: str  # the binding and its version
-    library: str  # libfuse and its version
+    dist: str  # the binding's distribution: its version is looked up only for `--version`
+    lib: Any  # the libfuse it loaded (ctypes)
+
+    @property
+    def binding(self) -> str:
+        """The binding and its version, e.g. "fusepy 3.0.1"."""
+        return f"{self.dist} {_dist_version(self.dist)}"
+
+    @property
+    def library(self) -> str:
+        """libfuse and its version, e.g. "libfuse 2.9.9"."""
+        return f"libfuse {_library_version(self.lib)}"
 
     @property
     def description(self) -> str:
@@ -550,6 +569,8 @@ def _library_version(lib: Any) -> str:
 
 
 def _dist_version(dist: str) -> str:
+    import importlib.metadata  # 10 ms of imports: only `khofs --version` asks
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -571,9 +592,20 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
+# libfuse by its soname: dlopen finds it in the loader's cache. Given to the bindings as
+# FUSE_LIBRARY_PATH, so that they do not call ctypes.util.find_library, which runs
+# `ldconfig -p` (a process, a few milliseconds of every mount) to learn the same name.
+LIBFUSE2 = "libfuse.so.2"
+LIBFUSE3 = "libfuse3.so.3"
+
+
 def _load2() -> Backend:
     try:
-        module = importlib.import_module("fuse")
+        if "fuse" in sys.modules or os.environ.get("FUSE_LIBRARY_PATH"):
+            module = importlib.import_module("fuse")
+        else:
+            with _env("FUSE_LIBRARY_PATH", LIBFUSE2):
+                module = importlib.import_module("fuse")
     except ImportError:
         raise BackendError(f"{ENV}=2: fusepy is not installed (pip install fusepy)") from None
     except OSError:  # fusepy's "Unable to find libfuse"
@@ -582,8 +614,7 @@ def _load2() -> Backend:
     lib = module._libfuse
     if lib.fuse_version() // 10 != 2:
         raise BackendError(f"{ENV}=2: fusepy loaded {lib._name}, not libfuse2")
-    return Backend("2", module, module.FUSE, f"fusepy {_dist_version('fusepy')}",
-                   f"libfuse {_library_version(lib)}")
+    return Backend("2", module, module.FUSE, "fusepy", lib)
 
 
 def _load3() -> Backend:
@@ -593,21 +624,22 @@ def _load3() -> Backend:
         if importlib.util.find_spec("mfusepy") is None:
             raise BackendError(missing)
         # mfusepy takes libfuse2 when it finds one, unless told which library to load
-        path = ctypes.util.find_library("fuse3")
-        if path is None:
-            raise BackendError(f"{ENV}=3: libfuse3.so.3 not found (apt install libfuse3-3)")
         try:
-            with _env("FUSE_LIBRARY_PATH", path):
+            ctypes.CDLL(LIBFUSE3)
+        except OSError:
+            raise BackendError(f"{ENV}=3: libfuse3.so.3 not found (apt install libfuse3-3)"
+                               ) from None
+        try:
+            with _env("FUSE_LIBRARY_PATH", LIBFUSE3):
                 module = importlib.import_module("mfusepy")
         except ImportError:
             raise BackendError(missing) from None
         except (OSError, AttributeError) as e:
-            raise BackendError(f"{ENV}=3: mfusepy cannot use {path}: {e}") from None
+            raise BackendError(f"{ENV}=3: mfusepy cannot use {LIBFUSE3}: {e}") from None
     if module.fuse_version_major != 3:
         raise BackendError(f"{ENV}=3: mfusepy was loaded with libfuse{module.fuse_version_major}"
                            " before khofs chose libfuse3")
-    return Backend("3", module, module.FUSE, f"mfusepy {_dist_version('mfusepy')}",
-                   f"libfuse {_library_version(module._libfuse)}")
+    return Backend("3", module, module.FUSE, "mfusepy", module._libfuse)
 
 
 _backends: dict[str, Backend] = {}
@@ -637,7 +669,8 @@ def __getattr__(name: str) -> str:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def serve(tree: Tree | Callable[[], Tree], mountpoint: str, page_size: int, *,
+def serve(tree: Tree | Callable[[], Tree], mountpoint: str,
+          page_size: int | Callable[[], int], *,
           lock: AbstractContextManager[Any] | None = None, allow_other: bool = False,
           debug: bool = False, on_ready: Callable[[], None] | None = None,
           capable: Capable | None = None) -> None:

@@ -10,8 +10,8 @@ Interrupting `khofs mount` (SIGINT, SIGTERM, SIGHUP) while the mount comes up le
 the signals stay blocked across the fork, so the one that arrives lands in the parent, which
 kills the daemon and detaches whatever it had mounted.
 
-The daemon serves whatever kernel the machine runs now (khofs.daemon.served); `khofs kexec`
-and `khofs log` reach it through its control socket (khofs.daemon.control).
+The daemon serves whatever kernel the machine runs now (khofs.daemon.served); `khofs kexec`,
+`khofs reboot` and `khofs log` reach it through its control socket (khofs.daemon.control).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from khofs.daemon import mountinfo
 from khofs.daemon.control import ControlServer
 from khofs.daemon.detach import umount
-from khofs.daemon.served import ServedSystem
+from khofs.daemon.served import Rebooter, ServedSystem
 from khofs.daemon.state import pid_path, socket_path, write_pid_file
 from khofs.engine.system import System
 
@@ -77,19 +77,20 @@ def _serve(host: ServedSystem, mountpoint: str, allow_other: bool, debug: bool,
     control = ControlServer(socket_path(mountpoint), host)
     control.start()
     try:
-        serve(host.current, mountpoint, host.system.machine.arch.page_size, lock=host.lock,
+        serve(host.current, mountpoint, host.page_size, lock=host.lock,
               allow_other=allow_other, debug=debug, on_ready=on_ready)
     finally:
         control.close()
         host.hand_over_if_stopped_loaded()
 
 
-def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool) -> int:
+def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool,
+                   rebooter: Rebooter | None = None) -> int:
     pidfile = pid_path(mountpoint)
     default_signals()
     write_pid_file(pidfile)
     try:
-        host = ServedSystem(system, mountpoint, setup_logging(None, debug))
+        host = ServedSystem(system, mountpoint, setup_logging(None, debug), rebooter)
         _serve(host, mountpoint, allow_other, debug)
     finally:
         pidfile.unlink(missing_ok=True)
@@ -97,7 +98,7 @@ def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bo
 
 
 def start(system: System, mountpoint: str, logfd: int, allow_other: bool,
-          debug: bool) -> tuple[int, str]:
+          debug: bool, rebooter: Rebooter | None = None) -> tuple[int, str]:
     """Fork the daemon; return (0, "") once the mount is live, or (2, error line). Whatever
     interrupts this (Interrupted, KeyboardInterrupt) takes the daemon and its mount with it."""
     r, w = os.pipe()
@@ -108,7 +109,7 @@ def start(system: System, mountpoint: str, logfd: int, allow_other: bool,
         if pid == 0:  # the daemon: never back into the command's code
             try:
                 os.close(r)
-                _daemon(system, mountpoint, logfd, w, mask, allow_other, debug)
+                _daemon(system, mountpoint, logfd, w, mask, allow_other, debug, rebooter)
             finally:
                 os._exit(1)
         os.close(w)
@@ -137,7 +138,8 @@ def _undo(pid: int, mountpoint: str) -> None:
 
 
 def _daemon(system: System, mountpoint: str, logfd: int, w: int,
-            mask: set[int | signal.Signals], allow_other: bool, debug: bool) -> None:
+            mask: set[int | signal.Signals], allow_other: bool, debug: bool,
+            rebooter: Rebooter | None) -> None:
     os.setsid()  # out of the terminal's process group: its Ctrl-C is for the command
     default_signals()
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -155,9 +157,11 @@ def _daemon(system: System, mountpoint: str, logfd: int, w: int,
     status = 0
     try:
         write_pid_file(pidfile)
-        host = ServedSystem(system, mountpoint, setup_logging(logfd, debug))
+        host = ServedSystem(system, mountpoint, setup_logging(logfd, debug), rebooter)
         _serve(host, mountpoint, allow_other, debug, on_ready=ready)
     except BaseException as e:  # noqa: BLE001 - the daemon must report, then exit
+        import logging
+
         print(f"{e}", file=sys.stderr)
         logging.getLogger("khofs").exception("daemon stopped")
         status = 1

@@ -1,7 +1,8 @@
 """The emulated machine as a daemon serves it: one System, one lock, and the requests the
-control socket brings (kexec, the log, stop).
+control socket brings (kexec, reboot, the log, stop).
 
-Every FUSE call and every kexec takes `lock`, so a call sees one kernel's tree, whole.
+Every FUSE call, every kexec and every reboot takes `lock`, so a call sees one kernel's tree,
+whole.
 """
 
 from __future__ import annotations
@@ -11,22 +12,65 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from khofs.daemon import mountinfo, ramimage
-from khofs.daemon.control import KexecRequest
+from khofs.daemon import mountinfo
+from khofs.daemon.control import KexecRequest, Rebooted, RebootRequest
 from khofs.debugfs.inode import Debugfs
-from khofs.engine.era import profile_of
+from khofs.engine.driver import Initcall
+from khofs.engine.era import Profile, profile_of
+from khofs.engine.machine import Machine
 from khofs.engine.printk import Record
 from khofs.engine.system import MachineState, System, format_record
+from khofs.errors import InputError
+
+
+@dataclass(frozen=True)
+class ColdBoot:
+    """What a reboot boots; None keeps the machine, or the boot loader's command line."""
+
+    machine: Machine | None
+    cmdline: str | None
+    initcalls: Sequence[Initcall]
+    seed: int
+    profile: Profile | None = None  # the kernel's version; None keeps the running one's
+
+
+@dataclass(frozen=True)
+class Rebooter:
+    """How the daemon cold-boots (`khofs reboot`): the options the running kernel was booted
+    with (paths absolute) and the command line's loader, which turns options into a ColdBoot
+    (it reads the machine, producers and plugins as `khofs mount` does) or raises InputError.
+    It gets the machine only when the request names one: else the machine stays as it is."""
+
+    options: RebootRequest
+    configure: Callable[[RebootRequest], ColdBoot]
+
+
+def merge_options(current: RebootRequest, request: RebootRequest) -> RebootRequest:
+    """Each option the request gives, else the current one; a machine given without a command
+    line boots that machine's default command line (None), as `khofs mount` would."""
+    cmdline = request.cmdline
+    if cmdline is None and request.machine is None:
+        cmdline = current.cmdline
+    return RebootRequest(
+        request.machine if request.machine is not None else current.machine, cmdline,
+        request.producers if request.producers is not None else current.producers,
+        request.plugins if request.plugins is not None else current.plugins,
+        request.seed if request.seed is not None else current.seed,
+        request.abi if request.abi is not None else current.abi)
 
 
 class ServedSystem:
     """The emulated machine as the daemon serves it: its System, and the lock that keeps
     FUSE calls and kexecs apart (a FUSE call never sees a half-switched kernel)."""
 
-    def __init__(self, system: System, mountpoint: str, logger: logging.Logger) -> None:
+    def __init__(self, system: System, mountpoint: str, logger: logging.Logger,
+                 rebooter: Rebooter | None = None) -> None:
         self.system = system
+        self.rebooter = rebooter
         self.mountpoint = mountinfo.resolve(mountpoint)
         self.logger = logger
         self.lock = threading.Lock()
@@ -78,6 +122,34 @@ class ServedSystem:
                 err, message = self.system.kexec_execute()
             return (1, message) if err else (0, "")
 
+    def reboot(self, request: RebootRequest) -> tuple[int, str] | Rebooted:
+        """reboot(2) with LINUX_REBOOT_CMD_RESTART, booting what the request changes: the new
+        kernel, or (2, line) for bad input and (1, line) otherwise, the running kernel
+        untouched. The new drivers are loaded before the old kernel goes; FUSE calls go on
+        meanwhile."""
+        with self._kexec_lock:
+            if self.gone_to is not None:
+                return 1, f"the machine has kexec'd to {self.gone_to}"
+            if self.rebooter is None:
+                return 1, "this daemon cannot reboot its machine"
+            options = merge_options(self.rebooter.options, request)
+            try:
+                boot = self.rebooter.configure(replace(options, machine=request.machine))
+            except InputError as e:
+                return 2, str(e)
+            with self.lock:
+                self.system.restart(boot.machine, boot.cmdline, boot.initcalls, boot.seed,
+                                    boot.profile)
+                self.pending_to = None  # a cold restart forgets the loaded image
+                self.rebooter = replace(self.rebooter, options=options)
+                k = self.system.kernel
+                return Rebooted(self.system.log_number, k.params.cmdline, k.params.kho,
+                                k.kho_enabled)
+
+    def page_size(self) -> int:
+        """The running machine's page size (st_blksize, statfs): a reboot may change it."""
+        return self.system.machine.arch.page_size
+
     def _load(self, request: KexecRequest) -> tuple[int, str]:
         with self.lock:
             cmdline = request.command_line
@@ -121,6 +193,8 @@ class ServedSystem:
             if state is None:
                 return
             try:
+                from khofs.daemon import ramimage  # only a handover needs it
+
                 ramimage.write_state_dir(to, self.system.machine, state)
             except OSError as e:
                 self.logger.error("khofs: stopped with a loaded image, but cannot hand it "
@@ -144,6 +218,8 @@ class ServedSystem:
             if state is None:
                 return 1, "Nothing has been loaded!"
             try:
+                from khofs.daemon import ramimage  # only a handover needs it
+
                 ramimage.write_state_dir(to, self.system.machine, state)
             except OSError as e:
                 return 1, self._boot_here(state, f"{e.filename}: {e.strerror or e}")
@@ -159,6 +235,7 @@ class ServedSystem:
         self.system = System(old.machine, state.image.handover.cmdline, old.initcalls,
                              uid=old.uid, gid=old.gid, log_sink=self._log_sink, state=state,
                              next_profile=old.next_profile)
+        self.system.boot_cmdline = old.boot_cmdline
         return f"cannot hand over: {problem} (the next kernel booted in this mount instead)"
 
     def stop(self) -> None:

@@ -43,6 +43,33 @@ from khofs.lib.libfdt import FDT_HEADER_SIZE, FdtSw, fdt_totalsize
 KEXEC_KHO_FINALIZE = 0
 KEXEC_KHO_ABORT = 1
 
+# kho_finalize writes the root FDT anew at every finalize. FdtSw keeps all its state in its
+# buffer, so each run of libfdt calls is a function of the page alone: the head (fdt_create up
+# to the preserved-memory-map placeholder) is the same page every time, and the tail
+# (fdt_end_node, fdt_finish) gives the same page for the same page. Both are kept and copied
+# instead of written again: the same bytes, less work per `echo 1 > finalize`.
+# (page size, compatible) -> (page, err, placeholder offset)
+_HEADS: dict[tuple[int, str], tuple[bytes, int, int]] = {}
+
+
+def _root_fdt_head(fdt: FdtSw, compatible: str) -> tuple[int, int]:
+    """kho_finalize's fdt_create .. fdt_property_placeholder: (err, the value's offset)."""
+    key = (len(fdt.buf), compatible)
+    head = _HEADS.get(key)
+    if head is not None:
+        fdt.buf[:] = head[0]
+        return head[1], head[2]
+    err = 0
+    err |= fdt.create()
+    err |= fdt.finish_reservemap()
+    err |= fdt.begin_node("")
+    err |= fdt.property_string("compatible", compatible)
+    # The placeholder keeps every property ahead of the sub-nodes producers add.
+    perr, map_off = fdt.property_placeholder(PROP_PRESERVED_MEMORY_MAP, 8)
+    err |= perr
+    _HEADS[key] = (bytes(fdt.buf), err, map_off)
+    return err, map_off
+
 
 @dataclass
 class KhoSerialization:
@@ -262,6 +289,7 @@ class KhoOut(KhoOutBase):
         self.track = MemTrack(ctx.mem, ctx.slab, ctx.profile.era.bitmap_bytes, pages,
                               stop_at_missing=pages is not None)
         self.ser: KhoSerialization | None = None
+        self._tail: tuple[bytes, bytes, int] | None = None  # the last tail: page in, out, err
 
     @property
     def finalized(self) -> bool:
@@ -388,14 +416,7 @@ class KhoOut(KhoOutBase):
         ser = self.ser
         assert ser is not None
         fdt = ser.fdt
-        err = 0
-        err |= fdt.create()
-        err |= fdt.finish_reservemap()
-        err |= fdt.begin_node("")
-        err |= fdt.property_string("compatible", self.profile.compatible)
-        # The placeholder keeps every property ahead of the sub-nodes producers add.
-        perr, map_off = fdt.property_placeholder(PROP_PRESERVED_MEMORY_MAP, 8)
-        err |= perr
+        err, map_off = _root_fdt_head(fdt, self.profile.compatible)
         if not err:
             err = self.preserve_folio(ser.fdt_phys, 0)
         if not err:
@@ -403,11 +424,23 @@ class KhoOut(KhoOutBase):
         if not err:
             err = self._serialize_map(ser, map_off)
         if not err:
-            err |= fdt.end_node()
-            err |= fdt.finish()
+            err = self._root_fdt_tail(fdt)
         if err:
             self.ctx.log.err(f"KHO: Failed to convert KHO state tree: {err}")
             self._abort()
+        return err
+
+    def _root_fdt_tail(self, fdt: FdtSw) -> int:
+        """kho_finalize's `err |= fdt_end_node(); err |= fdt_finish()`: last time's page when
+        the page is last time's (nothing changed), else written."""
+        before = bytes(fdt.buf)
+        if self._tail is not None and self._tail[0] == before:
+            fdt.buf[:] = self._tail[1]
+            return self._tail[2]
+        err = 0
+        err |= fdt.end_node()
+        err |= fdt.finish()
+        self._tail = (before, bytes(fdt.buf), err)
         return err
 
     def _serialize_map(self, ser: KhoSerialization, map_off: int) -> int:

@@ -39,11 +39,24 @@ class PhysMem:
         return spans
 
     def read(self, phys: int, size: int) -> bytes:
-        out = bytearray()
-        for pfn, off, n in self._spans(phys, size):
-            page = self._pages.get(pfn)
-            out += page[off:off + n] if page is not None else bytes(n)
-        return bytes(out)
+        ps = self.page_size
+        pfn, off = divmod(phys, ps)
+        get = self._pages.get
+        if off + size <= ps:  # within one page: most reads
+            page = get(pfn)
+            return bytes(page[off:off + size]) if page is not None else bytes(size)
+        # one copy of many pages (a blob read 1 MiB at a time): the first page's tail, whole
+        # pages (zeros for those never written), the last page's head, joined
+        last, tail = divmod(phys + size, ps)
+        zero = bytes(ps)
+        first = get(pfn)
+        parts: list[bytes | bytearray | memoryview] = [
+            memoryview(first)[off:] if first is not None else zero[off:]]
+        parts += [get(p) or zero for p in range(pfn + 1, last)]
+        if tail:
+            end = get(last)
+            parts.append(memoryview(end)[:tail] if end is not None else zero[:tail])
+        return b"".join(parts)
 
     def write(self, phys: int, data: bytes) -> None:
         pos = 0

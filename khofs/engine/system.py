@@ -8,7 +8,13 @@ same RAM with the handover. A `MachineState` carries all that to another process
 For `khofs run` the machine also answers system calls from a caller (khofs.engine.uaccess):
 kexec_file_load and kexec_load into its two slots (kexec_image, kexec_crash_image), reboot
 (a kexec, a cold restart, a halt or a power-off: boot_next starts the next boot), syslog, and
-the writes of /proc/sysrq-trigger and /sys/kernel/kexec_crash_size.
+the writes of /proc/sysrq-trigger and /sys/kernel/kexec_crash_size. `restart` is a cold
+restart now (`khofs reboot`).
+
+Boots are numbered twice. The kernel's own count (`Kernel.boot_number`, what a plugin sees as
+`api.boot` and what seeds the boot's randomness) is 1 for a cold boot and grows by one per
+kexec. The log's count (`[boot N]`) goes on across cold restarts too, so `khofs log` tells
+every boot of the machine apart: it is the kernel's count plus `log_base`.
 """
 
 from __future__ import annotations
@@ -91,23 +97,32 @@ class System:
         self.crash_loaded: LoadedImage | None = None  # kexec_crash_image
         self.boot_cmdline = cmdline  # what the boot loader starts a cold boot with
         self.going: tuple[Shutdown, LoadedImage | None] | None = None  # a reboot under way
+        self.log_base = 0  # the log's boot number less the kernel's (cold restarts before)
         if state is None:
             self.kernel = self._boot(cmdline, None, 1, profile)
         else:
             self.seed = state.seed
             self.mem.load_pages(state.pages)
             self.records = list(state.records)
+            if self.records:  # the last line is the kernel's that kexec'd: its log number
+                self.log_base = self.records[-1][0] - state.boot_number
             self.kernel = self._start(state.image, state.boot_number + 1)
         self.crash = CrashRes.of(self.kernel.reservations)
 
+    @property
+    def log_number(self) -> int:
+        """The running kernel's boot number in the log (`[boot N]`)."""
+        return self.log_base + self.kernel.boot_number
+
     def _boot(self, cmdline: str, handover: Handover | None, number: int,
               profile: Profile) -> Kernel:
-        self.boot_cmdlines[number] = cmdline  # a booting kernel's, before self.kernel is it
+        label = self.log_base + number
+        self.boot_cmdlines[label] = cmdline  # a booting kernel's, before self.kernel is it
 
         def sink(rec: Record) -> None:
-            self.records.append((number, rec))
+            self.records.append((label, rec))
             if self.log_sink is not None:
-                self.log_sink(number, rec)
+                self.log_sink(label, rec)
 
         return Kernel(self.machine, cmdline, self.initcalls, uid=self.uid, gid=self.gid,
                       log_sink=sink, mem=self.mem, handover=handover, boot_number=number,
@@ -304,29 +319,22 @@ class System:
             return None
 
     def boot_next(self) -> None:
-        """After a reboot: the loaded image boots in this RAM (kexec), or the machine starts
-        cold (restart: RAM cleared, no image, no handover, the boot loader's command line).
-        The boot number goes on either way."""
+        """After a reboot: the loaded image boots in this RAM (kexec: the kernel's boot count
+        goes on), or the machine starts cold (restart: RAM cleared, no image, no handover, the
+        boot loader's command line, the kernel's count back at 1 and the log's going on)."""
         with self.lock:
             assert self.going is not None and self.going[0] in (Shutdown.KEXEC,
                                                                 Shutdown.RESTART)
             how, image = self.going
             self.going = None
-            number = self.kernel.boot_number + 1
             if how is Shutdown.KEXEC and image is not None:
-                self.kernel = self._start(image, number)
+                self.kernel = self._start(image, self.kernel.boot_number + 1)
             else:
+                self.log_base += self.kernel.boot_number
                 self.mem = PhysMem(self.machine.arch.page_size)
                 self.loaded = self.crash_loaded = None
-                self.kernel = self._boot(self.boot_cmdline, None, number, self.profile)
+                self.kernel = self._boot(self.boot_cmdline, None, 1, self.profile)
             self.crash = CrashRes.of(self.kernel.reservations)
-
-    def restart(self) -> None:
-        """A cold restart now, as reboot(RESTART) makes one: the kernel's last line, then
-        the next boot (RAM cleared, no image, no handover, the boot number going on)."""
-        with self.lock:
-            self._shut_down(Reboot(Shutdown.RESTART, PR_FMT + "Restarting system"))
-        self.boot_next()
 
     def sys_syslog(self, user: UserAccess, action: int, buf: int, length: int) -> int | object:
         """syslog(2) on this boot's log (khofs.engine.syslog): a count, a negative errno,
@@ -350,6 +358,32 @@ class System:
         with self.lock:
             return crash_shrink_memory(self.crash, size, self.crash_loaded is not None,
                                        self.machine.arch.page_size)
+
+    # --- a cold restart now: `khofs reboot` ------------------------------------------------
+
+    def restart(self, machine: Machine | None = None, cmdline: str | None = None,
+                initcalls: Sequence[Initcall] | None = None, seed: int | None = None,
+                profile: Profile | None = None) -> None:
+        """kernel_restart (kernel/reboot.c), as reboot(RESTART) makes one, then the cold boot.
+        The old kernel logs its last line ("reboot: Restarting system", KERN_EMERG) and its
+        files go (open ones read EIO); the next kernel starts with new RAM, no loaded image
+        and no handover, as boot 1 of its own count (the log's count goes on). What is not
+        given stays: the machine, the boot loader's command line (the cold boot's, not one a
+        kexec loaded), the drivers, the seed and the kernel version. Another machine is a new
+        machine in the same place."""
+        with self.lock:
+            self._shut_down(Reboot(Shutdown.RESTART, PR_FMT + "Restarting system"))
+            if machine is not None:
+                self.machine = machine
+            if cmdline is not None:
+                self.boot_cmdline = cmdline
+            if initcalls is not None:
+                self.initcalls = initcalls
+            if seed is not None:
+                self.seed = seed
+            if profile is not None:
+                self.profile = profile
+        self.boot_next()
 
     def log_lines(self) -> list[str]:
         return [format_record(boot, rec) for boot, rec in self.records]

@@ -427,12 +427,14 @@ class PluginFactory:
 # --- loading --------------------------------------------------------------------------
 
 
-def load_plugin(spec: str) -> PluginFactory:
-    """`MODULE:FUNCTION` -> a producer factory; PluginError (one line) for any problem."""
+def load_plugin(spec: str, fresh: bool = False) -> PluginFactory:
+    """`MODULE:FUNCTION` -> a producer factory; PluginError (one line) for any problem.
+    fresh: run the module's code again even if it was loaded before (`khofs reboot`: a
+    rebooted machine loads its drivers anew, so nothing a module kept carries over)."""
     module_name, colon, func_name = spec.rpartition(":")
     if not colon or not module_name or not func_name:
         raise PluginError(f"--plugin {spec}: expected MODULE:FUNCTION")
-    module = _import(spec, module_name)
+    module = _import(spec, module_name, fresh)
     func: object = module
     for part in func_name.split("."):
         func = getattr(func, part, _MISSING)
@@ -444,11 +446,13 @@ def load_plugin(spec: str) -> PluginFactory:
     return PluginFactory(spec, cast(PluginFunction, func))
 
 
-def _import(spec: str, module_name: str) -> ModuleType:
+def _import(spec: str, module_name: str, fresh: bool = False) -> ModuleType:
     if module_name.endswith(".py") or "/" in module_name:
-        return _import_file(spec, Path(module_name))
+        return _import_file(spec, Path(module_name), fresh)
     try:
         with no_exit():
+            if fresh and module_name in sys.modules:
+                return importlib.reload(sys.modules[module_name])
             return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name + ".").startswith(e.name + "."):
@@ -469,13 +473,13 @@ def _import_exit_words(e: BaseException) -> str:
     return f"os._exit({e.status})" if isinstance(e, PluginExit) else _exit_words(e)
 
 
-def _import_file(spec: str, path: Path) -> ModuleType:
+def _import_file(spec: str, path: Path, fresh: bool = False) -> ModuleType:
     """A .py file as a module of its own, under a name derived from its absolute path."""
     if not path.is_file():
         raise PluginError(f"--plugin {spec}: {path}: No such file")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     name = f"khofs_plugin_{digest}"
-    if name in sys.modules:
+    if name in sys.modules and not fresh:
         return sys.modules[name]
     loader_spec = importlib.util.spec_from_file_location(name, path)
     if loader_spec is None or loader_spec.loader is None:

@@ -67,7 +67,7 @@ class Console:
         if self.fd is None:
             return
         kernel = getattr(system, "kernel", None)
-        if kernel is not None and kernel.boot_number == boot:
+        if kernel is not None and system.log_number == boot:
             level = console_level(kernel.log, kernel.params.cmdline)
         else:  # a kernel still booting
             level = console_loglevel(system.boot_cmdlines.get(boot, ""))
