@@ -123,6 +123,22 @@ def test_options_change_what_boots(mount: Callable[..., Path], tmp_path: Path) -
     assert os.listdir(mnt / OUT / "sub_fdts") == []
 
 
+def test_abi_boots_another_kernel_version_and_stays(mount: Callable[..., Path]) -> None:
+    """--abi: the next cold boot is that version; without it, the version stays."""
+    mnt = mount()
+    assert sorted(os.listdir(mnt / OUT)) == ["finalize", "scratch_len", "scratch_phys",
+                                             "sub_fdts"]
+    reboot(mnt, "--abi", "7.4")
+    assert sorted(os.listdir(mnt / OUT)) == ["bootmem_len", "bootmem_phys", "fdt", "sub_fdts"]
+    assert os.listdir(mnt / OUT / "sub_fdts") == ["kexec-metadata"]
+    reboot(mnt)
+    assert "finalize" not in os.listdir(mnt / OUT)
+    reboot(mnt, "--abi", "6.16")
+    assert "finalize" in os.listdir(mnt / OUT)
+    r = khofs("reboot", str(mnt), "--abi", "5.10")
+    assert (r.returncode, "finalize" in os.listdir(mnt / OUT)) == (2, True)
+
+
 def test_plugins_load_anew_at_each_reboot(mount: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "count.py").write_text(COUNTER)
     mnt = mount("--plugin", f"{tmp_path}/count.py:count")
