@@ -22,6 +22,7 @@ from pathlib import Path
 
 from khofs.engine.machine import Arch, GiB, Machine, Node, get_arch
 from khofs.errors import MachineError
+from khofs.lib.ranges import Ranges, intersect, merge
 from khofs.machines.machine_file import (
     DEFAULT_KERNEL_SIZE,
     Layout,
@@ -39,8 +40,6 @@ _IOMEM_LINE = re.compile(r"\s*([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)")
 # arm64's image is "Kernel code" and "Kernel data" (to _end, bss included); x86 adds
 # "Kernel rodata" and "Kernel bss"
 _KERNEL_PARTS = ("Kernel code", "Kernel rodata", "Kernel data", "Kernel bss")
-
-Ranges = list[tuple[int, int]]
 
 
 def host_machine(sys_root: str = "/sys", proc_root: str = "/proc", *,
@@ -103,17 +102,6 @@ def _cpulist_count(text: str) -> int:
 
 # --- RAM ----------------------------------------------------------------------------------
 
-def _merge(ranges: Ranges) -> Ranges:
-    """Sorted, with overlapping and touching ranges joined."""
-    out: Ranges = []
-    for start, end in sorted(ranges):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
-
-
 def _align_in(ranges: Ranges, page: int) -> Ranges:
     """memblock_trim_memory: each range shrunk to whole pages, empty ones dropped."""
     out = []
@@ -122,11 +110,6 @@ def _align_in(ranges: Ranges, page: int) -> Ranges:
         if start < end:
             out.append((start, end))
     return out
-
-
-def _intersect(a: Ranges, b: Ranges) -> Ranges:
-    return _merge([(max(s1, s2), min(e1, e2)) for s1, e1 in a for s2, e2 in b
-                   if max(s1, s2) < min(e1, e2)])
 
 
 def firmware_ram(sys_root: str) -> Ranges | None:
@@ -146,7 +129,7 @@ def firmware_ram(sys_root: str) -> Ranges | None:
             ranges.append((int(start, 0), int(end, 0) + 1))
         except ValueError:
             continue
-    return _merge(ranges) or None
+    return merge(ranges) or None
 
 
 def _iomem(proc_root: str) -> list[tuple[int, int, str]] | None:
@@ -168,7 +151,7 @@ def _iomem(proc_root: str) -> list[tuple[int, int, str]] | None:
 def iomem_ram(proc_root: str) -> Ranges | None:
     entries = _iomem(proc_root)
     ram = [(start, end) for start, end, name in entries or () if name == "System RAM"]
-    return _merge(ram) or None
+    return merge(ram) or None
 
 
 def _kernel_size(proc_root: str, arch: Arch) -> int:
@@ -201,7 +184,7 @@ def node_blocks(sys_root: str) -> dict[int, Ranges]:
             continue
         ids = [int(e[6:]) for e in entries if re.fullmatch(r"memory\d+", e)]
         if ids and block > 0:
-            nodes[int(name[4:])] = _merge([(i * block, (i + 1) * block) for i in ids])
+            nodes[int(name[4:])] = merge([(i * block, (i + 1) * block) for i in ids])
     return dict(sorted(nodes.items()))
 
 
@@ -217,7 +200,7 @@ def _nodes(arch: Arch, sys_root: str, proc_root: str) -> tuple[tuple[Node, ...],
     if ram is not None:
         ram = _align_in(ram, page)
         if blocks:
-            inside = {nid: _intersect(ram, r) for nid, r in blocks.items()}
+            inside = {nid: intersect(ram, r) for nid, r in blocks.items()}
             nodes = tuple(Node(nid, tuple(r)) for nid, r in inside.items() if r)
             if nodes:
                 return nodes, [source, nodes_source]

@@ -30,6 +30,7 @@ from khofs.engine.kernel import Kernel
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import MAX_FDT_READ
 from khofs.engine.system import System
+from khofs.lib.ranges import Ranges, merge, minus
 from khofs.producers.config_producer import ConfigProducer
 from khofs.producers.lib_test_kho import KhoTest
 from khofs.producers.spec import ProducerSpec
@@ -67,41 +68,11 @@ def live_update(machine: Machine, cmdline: str,
     return classify(s.kernel, preserved, frm)
 
 
-Ranges = list[tuple[int, int]]  # sorted, disjoint, merged [start, end)
-
-
-def _merge(ranges: Ranges) -> Ranges:
-    out: Ranges = []
-    for start, end in sorted(ranges):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
 
 
 def _ranges(blocks: Blocks, page: int) -> Ranges:
     """The memory a list of (phys, order) blocks covers."""
-    return _merge([(p, p + (page << o)) for p, o in blocks])
-
-
-def _minus(a: Ranges, b: Ranges) -> Ranges:
-    """The parts of `a` outside `b`."""
-    out: Ranges = []
-    j = 0
-    for start, end in a:
-        pos = start
-        while j < len(b) and b[j][1] <= pos:
-            j += 1
-        i = j
-        while i < len(b) and b[i][0] < end:
-            if b[i][0] > pos:
-                out.append((pos, b[i][0]))
-            pos = max(pos, b[i][1])
-            i += 1
-        if pos < end:
-            out.append((pos, end))
-    return out
+    return merge([(p, p + (page << o)) for p, o in blocks])
 
 
 def _size(ranges: Ranges) -> int:
@@ -119,12 +90,12 @@ def classify(k: Kernel, preserved: Blocks, frm: Profile) -> Cell:
     page = k.mem.page_size
     kept, held = _ranges(preserved, page), _ranges(k.kho_in.reserved, page)
     problems = _producer_problems(k, held)
-    lost = _minus(kept, held)
+    lost = minus(kept, held)
     if lost:
         problems.append(f"{_size(lost) // page} preserved pages not reserved (lowest at "
                         f"0x{lost[0][0]:x})")
-    leaked = _minus(held, kept)
-    unmapped = _minus(leaked, _memmap(k))
+    leaked = minus(held, kept)
+    unmapped = minus(leaked, _memmap(k))
     if unmapped:
         problems.append(f"a reservation at 0x{unmapped[0][0]:x} has no memory map: the "
                         "kernel would fault stamping its page->private")
@@ -148,7 +119,7 @@ def _producer_problems(k: Kernel, held: Ranges) -> list[str]:
     for name, start, size in k.reserved_mem:
         if f"Revived memory reservation '{name}' from KHO" not in k.log.texts():
             out.append(f"reserve_mem '{name}' was not revived")
-        elif _minus([(start, start + size)], held):
+        elif minus([(start, start + size)], held):
             out.append(f"reserve_mem '{name}' was revived at 0x{start:x} but the memory map "
                        "did not reserve it")
     out += [t.removeprefix("khofs: ") for t in k.log.texts()
@@ -194,7 +165,7 @@ def _memmap(k: Kernel) -> Ranges:
     section = k.machine.arch.section_size
     covered = [(start - start % section, -(-end // section) * section)
                for node in k.machine.nodes for start, end in node.ranges]
-    return _merge(covered)
+    return merge(covered)
 
 
 def compat_matrix(machine: Machine, cmdline: str,
