@@ -17,6 +17,7 @@ from khofs.cli.pytest_plugin import Kho
 from khofs.engine.kernel import Kernel
 from khofs.engine.system import System
 from tests.helpers import Mounter, boot_kernel, boot_system
+from tests.machine_helpers import NOBODY, fuse_for_everyone
 
 
 @pytest.fixture
@@ -46,3 +47,14 @@ def kernel() -> Kernel:
 def system() -> System:
     """The laptop booted as `kernel` is, to kexec from."""
     return boot_system()
+
+
+@pytest.fixture(params=["root", "nobody"])
+def user(request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
+    """`khofs run` as root, and as an ordinary user (a user namespace with FUSE in it): the
+    prefix that runs a command as that user, or None for root."""
+    if request.param == "root":
+        yield None
+        return
+    with fuse_for_everyone():
+        yield NOBODY

@@ -15,11 +15,9 @@ import pytest
 
 from tests.machine_helpers import (
     KHOFS,
-    NOBODY,
     Scratch,
     build,
     bzimage,
-    fuse_for_everyone,
     khofs_run,
     newc,
     scratch,
@@ -35,16 +33,6 @@ DTS = '/dts-v1/;\n/ {\n\tcompatible = "mydrv-v1";\n\tstate = <42>;\n};\n'
 def sc() -> Iterator[Scratch]:
     with scratch() as made:
         yield made
-
-
-@pytest.fixture(params=["root", "nobody"])
-def user(request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
-    """As root, and as an ordinary user (a user namespace with FUSE in it)."""
-    if request.param == "root":
-        yield None
-        return
-    with fuse_for_everyone():
-        yield NOBODY
 
 
 MACHINE = """cat <<END

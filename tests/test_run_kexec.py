@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.machine_helpers import (
-    NOBODY,
     Scratch,
     arm64_image,
     bzimage,
-    fuse_for_everyone,
     khofs_run,
     scratch,
 )
@@ -36,15 +34,6 @@ def sc() -> Iterator[Scratch]:
         made.file("producers.toml", '[[producer]]\nname = "mydrv"\ndts = "mydrv.dts"\n'
                   'preserve = ["0x100000000+2M"]\n')
         yield made
-
-
-@pytest.fixture(params=["root", "nobody"])
-def user(request: pytest.FixtureRequest) -> Iterator[list[str] | None]:
-    if request.param == "root":
-        yield None
-        return
-    with fuse_for_everyone():
-        yield NOBODY
 
 
 def run(sc: Scratch, script: str, *args: str,

@@ -185,14 +185,20 @@ class KhoTest:
         self.csum = csum
         return 0
 
-    def _prepare_fdt(self, ctx: DriverContext) -> int:
-        """kho_test_prepare_fdt (6.17, 6.18): the sub-FDT in a folio of get_order(fdt_size),
-        built in a buffer of exactly fdt_size bytes, its data node made by save_data. Errors
-        are OR-ed as the C code does."""
+    def _alloc_fdt_folio(self, ctx: DriverContext) -> int:
+        """The sub-FDT's folio: get_order(fdt_size) pages, fdt_size = nr_folios * 8 +
+        PAGE_SIZE (fdt_phys stays 0 when the allocation fails). Returns fdt_size."""
         page = ctx.mem.page_size
         fdt_size = len(self.folios) * U64.size + page
         self.fdt_order = get_order(fdt_size, page)
         self.fdt_phys = ctx.pages.alloc_pages(self.fdt_order)
+        return fdt_size
+
+    def _prepare_fdt(self, ctx: DriverContext) -> int:
+        """kho_test_prepare_fdt (6.17, 6.18): the sub-FDT in a folio of get_order(fdt_size),
+        built in a buffer of exactly fdt_size bytes, its data node made by save_data. Errors
+        are OR-ed as the C code does."""
+        fdt_size = self._alloc_fdt_folio(ctx)
         if not self.fdt_phys:
             return -errno.ENOMEM
         buf = bytearray(fdt_size)  # folio_alloc does not zero; fdt_create zeroes fdt_size
@@ -280,10 +286,7 @@ class KhoTest:
     def _preserve(self, ctx: DriverContext, kho: KhoOutLive) -> int:
         """kho_test_preserve: the FDT folio (preserved first), the data, the FDT, the
         sub-tree; each failure undoes what came before it."""
-        page = ctx.mem.page_size
-        fdt_size = len(self.folios) * U64.size + page
-        self.fdt_order = get_order(fdt_size, page)
-        self.fdt_phys = ctx.pages.alloc_pages(self.fdt_order)
+        fdt_size = self._alloc_fdt_folio(ctx)
         if not self.fdt_phys:
             return -errno.ENOMEM
         err = kho.preserve_folio(self.fdt_phys, self.fdt_order)
