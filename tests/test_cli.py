@@ -139,3 +139,18 @@ def test_foreground_serves_until_sigterm(tmp_path: Path) -> None:
             proc.kill()
         if is_mounted(mnt):
             khofs("umount", str(mnt))
+
+
+def test_umount_leaves_what_is_not_khofs_alone(tmp_path: Path) -> None:
+    """`khofs umount` of a mount point where something else is mounted (a tmpfs here, a
+    real file system elsewhere) unmounts nothing."""
+    mnt = tmp_path / "tmp"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], check=True)
+    try:
+        r = khofs("umount", str(mnt))
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", f"khofs: {mnt}: not a khofs mount (tmpfs is mounted there): left alone\n")
+        assert is_mounted(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -163,8 +163,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
     from khofs.daemon.detach import umount
 
     done = umount(mountpoint_arg(args.mountpoint))
-    if done.status < 0:
+    if done.status == -1:
         print(f"khofs: {args.mountpoint}: not mounted", file=sys.stderr)
+        return 1
+    if done.status == -2:
+        print(f"khofs: {args.mountpoint}: not a khofs mount ({done.note} is mounted there): "
+              "left alone", file=sys.stderr)
         return 1
     if done.status:
         problem = f" ({done.note})" if done.note else ""

@@ -32,8 +32,9 @@ UNMOUNTS = (["fusermount", "-u"], ["umount"], ["fusermount", "-u", "-z"], ["umou
 
 @dataclass
 class Unmounted:
-    """What `umount` did: status -1 (nothing mounted), 0 (detached) or 1 (could not), and a
-    line to tell the user when the daemon did not answer."""
+    """What `umount` did: status -1 (nothing mounted), -2 (something else than khofs is
+    mounted there: left alone; note is its type), 0 (detached) or 1 (could not), and a line
+    to tell the user when the daemon did not answer."""
 
     status: int
     note: str = ""
@@ -44,12 +45,14 @@ def umount(mountpoint: str) -> Unmounted:
     mount = mountinfo.find(mountpoint)
     if mount is None:
         return Unmounted(-1)
+    if mount.fstype != FSTYPE:
+        return Unmounted(-2, mount.fstype)
     pidfile = pid_path(mountpoint)
     pid = read_pid_file(pidfile)
     if pid is not None and not is_running(pid):
         pid = None
     note = ""
-    if mount.fstype == FSTYPE and _not_answering(mountpoint, pid):
+    if _not_answering(mountpoint, pid):
         note = _abort(mount, pid)
     for argv in UNMOUNTS:
         if _run([*argv, mountpoint]):
