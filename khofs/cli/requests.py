@@ -105,7 +105,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     except ControlError as e:
         print(f"khofs: {e}", file=sys.stderr)
         return e.status
-    note = kho_note(done.kho, done.kho_enabled, done.cmdline)
+    note = kho_note(done.kho, done.kho_enabled, done.cmdline, done.scratch_logged)
     if note:
         print(note, file=sys.stderr)
     return 0

@@ -13,9 +13,11 @@ The protocol is one JSON object per line, each way:
         -> {"status": 0} | {"status": 1, "error": "one line"}
     {"op": "reboot", "machine": str|null, "cmdline": str|null, "producers": str|null,
      "plugins": [str]|null, "seed": int|null, "abi": str|null}  (null: keep the current one)
-        -> {"status": 0, "boot": N, "cmdline": str, "kho": bool, "kho_enabled": bool}
+        -> {"status": 0, "boot": N, "cmdline": str, "kho": bool, "kho_enabled": bool,
+            "scratch_logged": bool}
            (N: the new kernel's boot number in the log; kho: the command line turns KHO on;
-           kho_enabled: it is on after the boot)
+           kho_enabled: it is on after the boot; scratch_logged: the kernel logs a failed
+           scratch reservation itself, from 6.18)
          | {"status": 2, "error": "one line"} (bad input: the old kernel keeps running)
     {"op": "log", "follow": bool}
         -> {"line": "[boot N] [    0.000123] text"} ..., then {"end": true} unless following
@@ -94,6 +96,7 @@ class Rebooted:
     cmdline: str
     kho: bool
     kho_enabled: bool
+    scratch_logged: bool = False
 
 
 class ControlTarget(Protocol):
@@ -266,7 +269,8 @@ class ControlServer:
         done = self.host.reboot(request)
         if isinstance(done, Rebooted):
             _send(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
-                         "kho": done.kho, "kho_enabled": done.kho_enabled})
+                         "kho": done.kho, "kho_enabled": done.kho_enabled,
+                         "scratch_logged": done.scratch_logged})
         else:
             _send(conn, {"status": done[0], "error": done[1]})
 
@@ -482,7 +486,8 @@ def reboot(path: Path, mountpoint: str, request: RebootRequest,
         _request(sock, doc, mountpoint)
         for msg in replies.messages(timeout):
             return Rebooted(int(msg.get("boot", 0)), str(msg.get("cmdline", "")),
-                            bool(msg.get("kho")), bool(msg.get("kho_enabled")))
+                            bool(msg.get("kho")), bool(msg.get("kho_enabled")),
+                            bool(msg.get("scratch_logged")))
     raise ControlError(f"{mountpoint}: the daemon stopped before answering")
 
 

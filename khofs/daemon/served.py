@@ -144,7 +144,7 @@ class ServedSystem:
                 self.rebooter = replace(self.rebooter, options=options)
                 k = self.system.kernel
                 return Rebooted(self.system.log_number, k.params.cmdline, k.params.kho,
-                                k.kho_enabled)
+                                k.kho_enabled, k.era.warn_no_scratch)
 
     def page_size(self) -> int:
         """The running machine's page size (st_blksize, statfs): a reboot may change it."""
