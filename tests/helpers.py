@@ -23,7 +23,6 @@ from khofs.engine.driver import Driver
 from khofs.engine.kernel import Kernel
 from khofs.engine.machine import Machine
 from khofs.engine.system import System
-from khofs.lib.libfdt import FDT_HEADER_SIZE, fdt_totalsize
 from khofs.machines.presets import MACHINES
 from khofs.producers.dts import compile_dts
 from khofs.producers.spec import ProducerSpec
@@ -216,7 +215,7 @@ def children(k: Kernel, path: str) -> list[str]:
 
 def fdt_at(k: Kernel, phys: int) -> bytes:
     """The FDT blob at phys, as long as its header's totalsize says."""
-    return k.mem.read(phys, fdt_totalsize(k.mem.read(phys, FDT_HEADER_SIZE)))
+    return k.mem.read(phys, k.mem.fdt_totalsize(phys))
 
 
 def decode_map(k: Kernel, first: int) -> list[tuple[int, int]]:

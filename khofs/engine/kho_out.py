@@ -38,7 +38,7 @@ from khofs.engine.physmem import PhysMem, PhysRange
 from khofs.engine.printk import Printk, errname
 from khofs.engine.scratch import KhoScratch
 from khofs.engine.slab import Kmalloc, PageSource
-from khofs.lib.libfdt import FDT_HEADER_SIZE, FdtSw, fdt_totalsize
+from khofs.lib.libfdt import FdtSw
 
 KEXEC_KHO_FINALIZE = 0
 KEXEC_KHO_ABORT = 1
@@ -161,7 +161,7 @@ class KhoOutBase:
         """kho_debugfs_fdt_add / kho_debugfs_blob_add: a 0400 blob over the live memory,
         of `size` bytes (7.1's blob size), else of the FDT's totalsize at this moment."""
         if size is None:
-            size = fdt_totalsize(self.ctx.mem.read(phys, FDT_HEADER_SIZE))
+            size = self.ctx.mem.fdt_totalsize(phys)
         wrapper = BlobWrapper(PhysRange(self.ctx.mem, phys), size)
         dentry = create_blob(self.ctx.debugfs, name, 0o400, parent, wrapper)
         if isinstance(dentry, int):

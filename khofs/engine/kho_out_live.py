@@ -29,7 +29,7 @@ from khofs.engine.memtrack import MemTrack
 from khofs.engine.scratch import KhoScratch
 from khofs.engine.slab import get_order
 from khofs.lib.fdt_rw import FdtRw
-from khofs.lib.libfdt import FDT_ERR_EXISTS, FdtSw, fdt_totalsize
+from khofs.lib.libfdt import FDT_ERR_EXISTS, FdtSw
 
 
 class KhoOutLive(KhoOutBase):
@@ -215,8 +215,7 @@ class KhoOutLive(KhoOutBase):
         if kho_in is not None:
             self.in_debugfs_init(kho_in)
             return 0
-        size = fdt_totalsize(self.ctx.mem.read(phys, 8))
-        self.debugfs_blob_add(self.fdt_list, self.dir, "fdt", phys, size)
+        self.debugfs_blob_add(self.fdt_list, self.dir, "fdt", phys)
         return 0
 
     def _early_subtrees(self, kho_in: KhoIn | None) -> int:

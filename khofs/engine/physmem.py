@@ -84,6 +84,11 @@ class PhysMem:
         """The address of every page something wrote (the only ones not all zero)."""
         return [pfn * self.page_size for pfn in self._pages]
 
+    def fdt_totalsize(self, phys: int) -> int:
+        """fdt_totalsize() of the tree at phys: its header's field, unchecked, as the kernel
+        reads it of a tree it built itself."""
+        return fdt_totalsize(self.read(phys, FDT_HEADER_SIZE))
+
     def read_fdt(self, phys: int) -> tuple[int, bytes]:
         """The FDT blob at phys as far as its header is believable (fdt_check_header, then
         fdt_totalsize bytes, at most MAX_FDT_READ): (0, blob) or (a libfdt error, b"")."""

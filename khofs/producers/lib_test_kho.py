@@ -32,7 +32,7 @@ from khofs.engine.machine import Arch
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE
 from khofs.engine.slab import get_order
 from khofs.lib.fdt_ro import FdtNode
-from khofs.lib.libfdt import FdtSw, fdt_totalsize
+from khofs.lib.libfdt import FdtSw
 
 PR_FMT = "test_kho: "  # pr_fmt: KBUILD_MODNAME ": " for lib/test_kho.c
 KHO_TEST_MAGIC = 0x4B484F21  # "KHO!"
@@ -295,7 +295,7 @@ class KhoTest:
             if not err:
                 err = self._prepare_fdt_live(ctx, fdt_size)
                 if not err:
-                    size = fdt_totalsize(ctx.mem.read(self.fdt_phys, 8))
+                    size = ctx.mem.fdt_totalsize(self.fdt_phys)
                     err = kho.add_subtree(KHO_TEST_FDT, self.fdt_phys, size)
                 if err:
                     self._unpreserve_data(ctx, kho)

@@ -28,7 +28,7 @@ from khofs.engine.driver import DriverContext
 from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
 from khofs.engine.kho_out_live import KhoOutLive
 from khofs.engine.notifier import NOTIFY_BAD, NOTIFY_DONE, notifier_from_errno
-from khofs.lib.libfdt import FdtSw, fdt_totalsize
+from khofs.lib.libfdt import FdtSw
 
 Region = tuple[str, int, int]  # a reserve_mem_table entry: name, start, size
 
@@ -133,8 +133,7 @@ class MemblockKho:
         if phys and not err:
             err = build_memblock_fdt(ctx.mem.page_view(phys), self.regions)
             if not err:
-                err = kho.add_subtree(MEMBLOCK_KHO_FDT, phys,
-                                      fdt_totalsize(ctx.mem.read(phys, 8)))
+                err = kho.add_subtree(MEMBLOCK_KHO_FDT, phys, ctx.mem.fdt_totalsize(phys))
                 if not err:
                     err = self._reserved_mem_preserve(kho, page)
                     if err:
