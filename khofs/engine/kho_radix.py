@@ -13,10 +13,10 @@ still runs in scratch memory (the nodes themselves are not preserved).
 from __future__ import annotations
 
 import errno
-import struct
 from collections.abc import Callable
 
 from khofs.engine.abi.kexec_handover import (
+    U64,
     kho_bitmap_size_log2,
     kho_order_0_log2,
     kho_table_size_log2,
@@ -25,7 +25,6 @@ from khofs.engine.abi.kexec_handover import (
 from khofs.engine.physmem import PhysMem
 from khofs.engine.slab import PageSource
 
-U64 = struct.Struct("<Q")
 U64_MASK = (1 << 64) - 1
 # khofs's bound on a walk: a tree the size of a 2 TiB machine's order-0 map (512 leaves)
 # many times over; a corrupt tree is cut off there instead of walked for ever.

@@ -12,7 +12,6 @@ with kho_preserve_pages. What the caller hands over is the 16-byte `struct kho_v
 from __future__ import annotations
 
 import errno
-import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +19,7 @@ from khofs.engine.abi.kexec_handover import (
     KHO_VMALLOC,
     KHO_VMALLOC_ALLOC,
     KHO_VMALLOC_HUGE_VMAP,
+    U64,
     kho_vmalloc_size,
 )
 from khofs.engine.physmem import PhysMem
@@ -30,7 +30,6 @@ VM_ALLOC = 0x00000002
 VM_MAP = 0x00000004
 VM_ALLOW_HUGE_VMAP = 0x00000400
 KHO_VMALLOC_SUPPORTED_FLAGS = VM_ALLOC | VM_ALLOW_HUGE_VMAP
-U64 = struct.Struct("<Q")
 
 
 @dataclass

@@ -13,10 +13,9 @@ lands in a bitmap the handed-over chunks already point to.
 from __future__ import annotations
 
 import errno
-import struct
 from dataclasses import dataclass, field
 
-from khofs.engine.abi.kexec_handover import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS
+from khofs.engine.abi.kexec_handover import CHUNK_ELM, CHUNK_HDR, PRESERVE_BITS, U64
 from khofs.engine.physmem import PhysMem
 from khofs.engine.slab import Kmalloc, PageSource
 
@@ -155,13 +154,13 @@ class MemTrack:
                     return -errno.ENOMEM, []
                 self.mem.zero(chunk, self.mem.page_size)
                 if chunks:
-                    self.mem.write(chunks[-1], struct.pack("<Q", chunk))
+                    self.mem.write(chunks[-1], U64.pack(chunk))  # the previous hdr.next
                 chunks.append(chunk)
                 self._write_chunk(chunk, order, elms[first:first + per_chunk])
         return (chunks[0] if chunks else 0), chunks
 
     def _write_chunk(self, chunk: int, order: int, elms: list[tuple[int, Bitmap]]) -> None:
-        self.mem.write(chunk + 8, struct.pack("<II", order, len(elms)))
+        self.mem.write(chunk, CHUNK_HDR.pack(0, order, len(elms)))
         for n, (idx, bitmap) in enumerate(elms):
             phys_start = (idx * self.bits_per_bitmap) << (order + self.page_shift)
             self.mem.write(chunk + CHUNK_HDR.size + n * CHUNK_ELM.size,

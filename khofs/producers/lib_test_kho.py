@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from khofs.engine.abi.kexec_handover import KHO_VMALLOC
+from khofs.engine.abi.kexec_handover import KHO_VMALLOC, U64
 from khofs.engine.driver import DriverContext
 from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
 from khofs.engine.kho_out_live import KhoOutLive
@@ -39,7 +39,6 @@ KHO_TEST_MAGIC = 0x4B484F21  # "KHO!"
 KHO_TEST_FDT = "kho_test"
 KHO_TEST_COMPAT = "kho-test-v1"
 U32 = struct.Struct("<I")  # unsigned int and __wsum, as the CPU stores them (little-endian)
-U64 = struct.Struct("<Q")  # phys_addr_t
 
 
 def default_max_mem(arch: Arch) -> int:
