@@ -31,7 +31,7 @@ from khofs.engine.kexec import Handover
 from khofs.engine.kho_radix import radix_walk
 from khofs.engine.memblock import Memblock
 from khofs.engine.memtrack import split_blocks
-from khofs.engine.physmem import PhysMem
+from khofs.engine.physmem import MAX_FDT_READ, PhysMem
 from khofs.engine.printk import Printk
 from khofs.engine.scratch import KhoScratch
 from khofs.lib.fdt_ro import FdtNode, fdt_parse
@@ -100,6 +100,18 @@ class KhoIn:
                           "property")
             return -errno.EINVAL, 0, 0
         return 0, phys, U64.unpack(size)[0]
+
+    def retrieve_bytes(self, name: str) -> bytes | None:
+        """The incoming sub-tree's bytes: its FDT's (fdt_totalsize of them), or from 7.1 its
+        blob's (blob-size of them, at most MAX_FDT_READ); None when there is none or (before
+        7.1) its header is not an FDT's."""
+        err, phys, size = self.retrieve_blob(name)
+        if err:
+            return None
+        if self.era.blob_size:
+            return self.mem.read(phys, min(size, MAX_FDT_READ))
+        err, blob = self.mem.read_fdt(phys)
+        return None if err else blob
 
     # --- restoring ------------------------------------------------------------------------
 

@@ -19,16 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from khofs.engine.abi.kexec_handover import (
-    PROP_SUB_FDT,
-    PROP_SUB_TREE,
-    PROP_SUB_TREE_SIZE,
-    U64,
-)
 from khofs.engine.era import Profile
 from khofs.engine.kernel import Kernel
 from khofs.engine.machine import Machine
-from khofs.engine.physmem import MAX_FDT_READ
 from khofs.engine.system import System
 from khofs.lib.ranges import Ranges, merge, minus
 from khofs.producers.config_producer import ConfigProducer
@@ -66,8 +59,6 @@ def live_update(machine: Machine, cmdline: str,
         return Cell("no-kho", message)
     s.kexec_execute()
     return classify(s.kernel, preserved, frm)
-
-
 
 
 def _ranges(blocks: Blocks, page: int) -> Ranges:
@@ -131,21 +122,8 @@ def _producer_problems(k: Kernel, held: Ranges) -> list[str]:
 
 
 def _incoming(k: Kernel, name: str) -> bytes | None:
-    """The bytes of an incoming sub-tree, as kho/in/sub_fdts/NAME serves them."""
-    if k.kho_in is None:
-        return None
-    node = k.kho_in.root.subnode(name)
-    prop = node.getprop(PROP_SUB_TREE if k.era.blob_size else PROP_SUB_FDT) if node else None
-    if node is None or prop is None or len(prop) != 8:
-        return None
-    phys = U64.unpack(prop)[0]
-    if not k.era.blob_size:
-        err, blob = k.mem.read_fdt(phys)
-        return None if err else blob
-    size = node.getprop(PROP_SUB_TREE_SIZE)
-    if size is None or len(size) != 8:
-        return None
-    return k.mem.read(phys, min(U64.unpack(size)[0], MAX_FDT_READ))
+    """The bytes of an incoming sub-tree (KhoIn.retrieve_bytes), or None."""
+    return k.kho_in.retrieve_bytes(name) if k.kho_in is not None else None
 
 
 def _survivors(k: Kernel) -> list[str]:

@@ -75,7 +75,6 @@ from khofs.engine.driver import DriverContext
 from khofs.engine.kho_out import KEXEC_KHO_ABORT, KEXEC_KHO_FINALIZE, KhoOut, KhoSerialization
 from khofs.engine.kho_out_live import KhoOutLive
 from khofs.engine.notifier import NOTIFY_BAD, notifier_from_errno
-from khofs.engine.physmem import MAX_FDT_READ
 from khofs.engine.printk import LEVELS
 from khofs.engine.slab import get_order
 from khofs.errors import Interrupted, PluginError
@@ -266,19 +265,9 @@ class ProducerAPI:
         return None if err else phys
 
     def retrieve_subtree(self, name: str) -> bytes | None:
-        """The incoming sub-tree's bytes: its FDT's (fdt_totalsize of them), or from 7.1 its
-        blob's (blob-size of them, at most 16 MiB); None when there is none or (before 7.1)
-        its header is not an FDT's."""
+        """The incoming sub-tree's bytes (KhoIn.retrieve_bytes), or None."""
         kho_in = self._ctx.kho_in
-        if kho_in is None:
-            return None
-        err, phys, size = kho_in.retrieve_blob(name)
-        if err:
-            return None
-        if kho_in.era.blob_size:
-            return self._ctx.mem.read(phys, min(size, MAX_FDT_READ))
-        err, blob = self._ctx.mem.read_fdt(phys)
-        return None if err else blob
+        return kho_in.retrieve_bytes(name) if kho_in is not None else None
 
     def restore_folio(self, phys: int) -> int | None:
         kho_in = self._ctx.kho_in
