@@ -83,7 +83,7 @@ def _crash_ranges(region: tuple[int, int] | None) -> list[tuple[int, int]]:
     return [(region[0], region[1] + 1)] if region is not None else []
 
 
-def _place(kernel: Kernel, bufs: Sequence[KexecBuf],
+def add_buffers(kernel: Kernel, bufs: Sequence[KexecBuf],
            crash_region: tuple[int, int] | None, crash: bool) -> tuple[int, list[Segment]]:
     """kexec_add_buffer for each buffer: a crash image in crashk_res, else with KHO on
     kho_locate_mem_hole's scratch areas, else all of memblock's memory."""
@@ -132,14 +132,14 @@ def kimage_file_prepare(kernel: Kernel, user: UserAccess, kernel_fd: int, initrd
     # kho_fill_kimage comes first: whether it hands a root FDT over is the era's to say
     fdt_phys = kernel.kho.fill_kimage() if kernel.kho_enabled else 0
     scratch = [scratch_table_buf(len(kernel.scratch))] if fdt_phys else []
-    err, _ = _place(kernel, scratch, crash_region, crash)
+    err, _ = add_buffers(kernel, scratch, crash_region, crash)
     if err:
         return err
     image = kexec_image_load(arch, buf, cmdline_len, page_size, log)
     if isinstance(image, int):
         return image
     bufs = scratch + _loader_bufs(kernel, cmdline, image, len(initrd), crash)
-    err, segments = _place(kernel, bufs, crash_region, crash)
+    err, segments = add_buffers(kernel, bufs, crash_region, crash)
     if err:
         return err
     err = sanity_check_segment_list(_user_view(segments, image), page_size, arch,

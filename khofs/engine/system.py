@@ -32,12 +32,11 @@ from khofs.engine.kexec import (
     Handover,
     Segment,
     image_segments,
-    kexec_file_load,
     pack_scratch_table,
     scratch_table_buf,
 )
 from khofs.engine.kexec_core import sys_kexec_load
-from khofs.engine.kexec_file import sys_kexec_file_load
+from khofs.engine.kexec_file import add_buffers, sys_kexec_file_load
 from khofs.engine.machine import Machine
 from khofs.engine.physmem import PhysMem
 from khofs.engine.printk import Record
@@ -141,32 +140,35 @@ class System:
         and nothing is loaded."""
         with self.lock:
             k = self.kernel
-            nxt = profile or self.next_profile
-            if nxt is None and image_release is not None:
-                try:
-                    nxt = profile_of_release(image_release)
-                except ValueError:
-                    return self._refuse(f"the image is Linux {image_release}; khofs emulates "
-                                        f"{FIRST[0]}.{FIRST[1]} to {LAST[0]}.{LAST[1]}")
-            nxt = nxt or k.profile
-            problem = initcall_problem(self.initcalls, nxt)
-            if problem:
-                return self._refuse(f"the next kernel, {nxt.release}: {problem}")
+            nxt = self._next_kernel(profile, image_release)
+            if isinstance(nxt, str):
+                return self._refuse(nxt)
             cmdline = k.params.cmdline if cmdline is None else cmdline
             size = image_size if image_size is not None else self.machine.kernel_size
             bufs = image_segments(self.machine, cmdline, size, initrd_size)
             fdt_phys = k.kho.fill_kimage() if k.kho_enabled else 0
             if fdt_phys:
                 bufs.insert(0, scratch_table_buf(len(k.scratch)))
-            if k.kho_enabled:  # kho_locate_mem_hole: only the scratch areas
-                ranges = [(s.addr, s.addr + s.size) for s in k.scratch]
-            else:
-                ranges = [(r.base, r.end) for r in k.memblock.memory.regions]
-            err, segments = kexec_file_load(bufs, ranges, self.machine.arch.page_size)
+            err, segments = add_buffers(k, bufs, None, False)
             if err:
                 return err, "kexec_file_load failed: Cannot assign requested address"
             self.loaded = self._image(k, cmdline, tuple(segments), fdt_phys, nxt)
             return 0, ""
+
+    def _next_kernel(self, profile: Profile | None, release: str | None) -> Profile | str:
+        """The kernel a load boots: `profile`, else `next_profile`, else the release the
+        image names, else this kernel's version again; or why khofs cannot boot it (one
+        line): a release it does not emulate, or producers that kernel cannot run."""
+        nxt = profile or self.next_profile
+        if nxt is None and release is not None:
+            try:
+                nxt = profile_of_release(release)
+            except ValueError:
+                return (f"the image is Linux {release}; khofs emulates "
+                        f"{FIRST[0]}.{FIRST[1]} to {LAST[0]}.{LAST[1]}")
+        nxt = nxt or self.kernel.profile
+        problem = initcall_problem(self.initcalls, nxt)
+        return f"the next kernel, {nxt.release}: {problem}" if problem else nxt
 
     def _refuse(self, why: str) -> tuple[int, str]:
         self.kernel.log.err(f"khofs: kexec: {why}")
@@ -255,17 +257,9 @@ class System:
         holds: the next kernel is `--next-abi`'s, else the release the image names, else
         this kernel's version again (as `khofs kexec` chooses it)."""
         k = self.kernel
-        nxt = self.next_profile
-        if nxt is None and release is not None:
-            try:
-                nxt = profile_of_release(release)
-            except ValueError:
-                return self._refuse(f"the image is Linux {release}; khofs emulates "
-                                    f"{FIRST[0]}.{FIRST[1]} to {LAST[0]}.{LAST[1]}")[0]
-        nxt = nxt or k.profile
-        problem = initcall_problem(self.initcalls, nxt)
-        if problem:
-            return self._refuse(f"the next kernel, {nxt.release}: {problem}")[0]
+        nxt = self._next_kernel(None, release)
+        if isinstance(nxt, str):
+            return self._refuse(nxt)[0]
         segs = tuple(segments)
         image = LoadedImage(Handover(cmdline, segs), tuple(contents), nxt) if contents else \
             self._image(k, cmdline, segs, fdt_phys, nxt)
