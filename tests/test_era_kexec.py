@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 from khofs.engine.era import profile_of
-from khofs.engine.kexec import kernel_image_release
+from khofs.engine.kexec_image import kernel_image_release
 from khofs.engine.physmem import PhysMem
 from khofs.engine.system import System
 from khofs.producers.lib_test_kho import KhoTest

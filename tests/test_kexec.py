@@ -11,10 +11,10 @@ from khofs.engine.kernel import Kernel
 from khofs.engine.kexec import (
     KexecBuf,
     Segment,
-    kernel_image_size,
     kexec_file_load,
     locate_mem_hole,
 )
+from khofs.engine.kexec_image import kernel_image_size
 from khofs.engine.machine import MiB
 from khofs.engine.memblock import Memblock
 from khofs.engine.memtrack import split_blocks

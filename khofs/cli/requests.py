@@ -159,7 +159,11 @@ def _file_size(path: str) -> int:
 
 def _image_head(path: str) -> tuple[int, str | None]:
     """The kernel segment's size and the release the image names (None: it names none)."""
-    from khofs.engine.kexec import BZIMAGE_HEAD_MAX, kernel_image_release, kernel_image_size
+    from khofs.engine.kexec_image import (
+        BZIMAGE_HEAD_MAX,
+        kernel_image_release,
+        kernel_image_size,
+    )
     from khofs.lib.read_file import open_regular
 
     try:

@@ -10,7 +10,6 @@ in a SETUP_KEXEC_KHO setup_data, which calls kho_populate with them.
 from __future__ import annotations
 
 import errno
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -153,50 +152,3 @@ def pack_scratch_table(areas: Sequence[tuple[int, int]]) -> bytes:
     """struct kho_scratch[]: u64 addr, u64 size, native (little) endian."""
     return b"".join(SCRATCH_ENTRY.pack(addr, size) for addr, size in areas)
 
-
-# --- the image loaders' view of a kernel file (arch/x86/kernel/kexec-bzimage64.c,
-# arch/arm64/kernel/kexec_image.c): how big the kernel segment is ---------------------------
-
-BZIMAGE_MAGIC_OFF, BZIMAGE_INIT_SIZE_OFF = 0x202, 0x260
-ARM64_MAGIC_OFF, ARM64_IMAGE_SIZE_OFF = 56, 16
-
-
-def kernel_image_size(head: bytes, file_size: int) -> int:
-    """The kernel segment's size from a file's first bytes (at least 0x264 of them when the
-    file has them) and its size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
-    and the setup header's init_size (what the kernel needs in place, bss included); an
-    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size."""
-    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] == b"HdrS" and len(head) >= 0x264:
-        init_size: int = struct.unpack_from("<I", head, BZIMAGE_INIT_SIZE_OFF)[0]
-        return max(file_size, init_size)
-    if head[ARM64_MAGIC_OFF:ARM64_MAGIC_OFF + 4] == b"ARM\x64":
-        image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
-        return image_size or file_size
-    return file_size
-
-
-# x86 boot protocol (Documentation/arch/x86/boot.rst): setup_sects at 0x1F1 (0 means 4),
-# the protocol version at 0x206, kernel_version at 0x20E: when non-zero, a NUL-terminated
-# string at kernel_version + 0x200, inside the setup sectors (arch/x86/boot/version.c writes
-# UTS_RELEASE " (" LINUX_COMPILE_BY "@" LINUX_COMPILE_HOST ") " UTS_VERSION).
-BZIMAGE_SETUP_SECTS_OFF, BZIMAGE_VERSION_OFF, BZIMAGE_KERNEL_VERSION_OFF = 0x1F1, 0x206, 0x20E
-BZIMAGE_HEAD_MAX = (255 + 1) * 0x200  # the boot sector and the most setup sectors there are
-
-
-def kernel_image_release(head: bytes) -> str | None:
-    """The release an x86 bzImage names in its setup header (the text of kernel_version up
-    to the first space), from the file's first bytes (up to BZIMAGE_HEAD_MAX of them); None
-    when it names none: no "HdrS", protocol before 2.00, a zero field, a string outside the
-    setup sectors or without its NUL (and every arm64 Image)."""
-    if head[BZIMAGE_MAGIC_OFF:BZIMAGE_MAGIC_OFF + 4] != b"HdrS" or len(head) < 0x210:
-        return None
-    protocol: int = struct.unpack_from("<H", head, BZIMAGE_VERSION_OFF)[0]
-    offset: int = struct.unpack_from("<H", head, BZIMAGE_KERNEL_VERSION_OFF)[0]
-    setup_sects = head[BZIMAGE_SETUP_SECTS_OFF] or 4
-    if protocol < 0x200 or not offset or offset >= 0x200 * setup_sects:
-        return None
-    start = offset + 0x200
-    nul = head.find(b"\0", start, (setup_sects + 1) * 0x200)
-    if nul < 0:
-        return None
-    return head[start:nul].decode("latin-1").split(" ", 1)[0]

@@ -22,7 +22,6 @@ from khofs.engine.kexec import (
     KexecBuf,
     Segment,
     image_segments,
-    kernel_image_release,
     kexec_file_load,
     scratch_table_buf,
 )
@@ -33,7 +32,12 @@ from khofs.engine.kexec_core import (
     sanity_check_segment_list,
     totalram_pages,
 )
-from khofs.engine.kexec_image import KernelImage, kexec_image_load, kexec_image_probe
+from khofs.engine.kexec_image import (
+    KernelImage,
+    kernel_image_release,
+    kexec_image_load,
+    kexec_image_probe,
+)
 from khofs.engine.uaccess import UserAccess, kernel_read_file_from_fd
 
 # include/uapi/linux/kexec.h

@@ -31,6 +31,7 @@ KERNEL_ALIGNMENT = 0x230  # u32
 XLOADFLAGS = 0x236  # u16
 CMDLINE_SIZE = 0x238  # u32
 INIT_SIZE = 0x260  # u32
+KERNEL_VERSION = 0x20E  # u16: when non-zero, a NUL-terminated string at it + 0x200
 EXT_CMD_LINE_PTR = 0x0C8  # u32 in boot_params, the high half of the command line's address
 LOADED_HIGH = 0x01
 XLF_KERNEL_64 = 1 << 0
@@ -43,6 +44,7 @@ BZIMAGE_PR_FMT = "kexec-bzImage64: "
 ARM64_HEADER = struct.Struct("<IIQQQQQQII")
 ARM64_IMAGE_MAGIC = b"ARM\x64"
 ARM64_MAGIC_OFF = 56
+ARM64_IMAGE_SIZE_OFF = 16  # u64 image_size
 ARM64_IMAGE_FLAG_BE = 1 << 0
 MIN_KIMG_ALIGN = 2 << 20
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
@@ -149,6 +151,45 @@ def kexec_image_load(arch: str, buf: bytes, cmdline_len: int, page_size: int,
     if arch == "x86_64":
         return bzimage64_load(buf, cmdline_len, page_size, log)
     return arm64_image_load(buf, page_size)
+
+
+# --- what `khofs kexec --image FILE` reads of a kernel file: the kernel segment's size and
+# the release the image names --------------------------------------------------------------
+
+BZIMAGE_HEAD_MAX = (255 + 1) * 0x200  # the boot sector and the most setup sectors there are
+
+
+def kernel_image_size(head: bytes, file_size: int) -> int:
+    """The kernel segment's size from a file's first bytes (at least 0x264 of them when the
+    file has them) and its size. An x86 bzImage ("HdrS" at 0x202): the larger of the file
+    and the setup header's init_size (what the kernel needs in place, bss included); an
+    arm64 Image ("ARM\\x64" at 56): its header's image_size, else the file's size."""
+    if head[HEADER:HEADER + 4] == b"HdrS" and len(head) >= INIT_SIZE + 4:
+        return max(file_size, _u32(head, INIT_SIZE))
+    if head[ARM64_MAGIC_OFF:ARM64_MAGIC_OFF + 4] == ARM64_IMAGE_MAGIC:
+        image_size: int = struct.unpack_from("<Q", head, ARM64_IMAGE_SIZE_OFF)[0]
+        return image_size or file_size
+    return file_size
+
+
+def kernel_image_release(head: bytes) -> str | None:
+    """The release an x86 bzImage names in its setup header (Documentation/arch/x86/boot.rst:
+    the text of kernel_version up to the first space; arch/x86/boot/version.c writes
+    UTS_RELEASE " (" LINUX_COMPILE_BY "@" LINUX_COMPILE_HOST ") " UTS_VERSION there), from
+    the file's first bytes (up to BZIMAGE_HEAD_MAX of them); None when it names none: no
+    "HdrS", protocol before 2.00, a zero field, a string outside the setup sectors or
+    without its NUL (and every arm64 Image)."""
+    if head[HEADER:HEADER + 4] != b"HdrS" or len(head) < KERNEL_VERSION + 2:
+        return None
+    protocol, offset = _u16(head, VERSION), _u16(head, KERNEL_VERSION)
+    setup_sects = head[SETUP_SECTS] or 4
+    if protocol < 0x200 or not offset or offset >= 0x200 * setup_sects:
+        return None
+    start = offset + 0x200
+    nul = head.find(b"\0", start, (setup_sects + 1) * 0x200)
+    if nul < 0:
+        return None
+    return head[start:nul].decode("latin-1").split(" ", 1)[0]
 
 
 # --- the next kernel's command line after a classic load ------------------------------------
