@@ -13,6 +13,8 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from khofs.lib.ranges import merge, minus
+
 # include/linux/memblock.h: enum memblock_flags
 MEMBLOCK_NONE = 0x0
 MEMBLOCK_HOTPLUG = 0x1
@@ -92,28 +94,9 @@ class MemblockType:
         """add_range for many ranges at once (what a loop of memblock_reserve calls leaves):
         the parts no region covers yet become regions, then everything merges. One pass over
         the sorted lists instead of a search and an insert per range."""
-        pieces: list[tuple[int, int]] = []
-        for base, size in sorted(r for r in ranges if r[1]):
-            end = base + size
-            if pieces and base <= pieces[-1][1]:
-                pieces[-1] = (pieces[-1][0], max(pieces[-1][1], end))
-            else:
-                pieces.append((base, end))
-        new: list[Region] = []
-        i = 0
-        for base, end in pieces:
-            pos = base
-            while i < len(self.regions) and self.regions[i].end <= pos:
-                i += 1
-            j = i
-            while j < len(self.regions) and self.regions[j].base < end:
-                r = self.regions[j]
-                if r.base > pos:
-                    new.append(Region(pos, r.base - pos, nid, flags))
-                pos = max(pos, r.end)
-                j += 1
-            if pos < end:
-                new.append(Region(pos, end - pos, nid, flags))
+        pieces = merge([(base, base + size) for base, size in ranges if size])
+        covered = [(r.base, r.end) for r in self.regions]
+        new = [Region(start, end - start, nid, flags) for start, end in minus(pieces, covered)]
         self.regions = sorted([*self.regions, *new], key=lambda r: r.base)
         self._merge()
 

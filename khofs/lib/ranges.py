@@ -23,7 +23,8 @@ def intersect(a: Ranges, b: Ranges) -> Ranges:
 
 
 def minus(a: Ranges, b: Ranges) -> Ranges:
-    """The parts of `a` outside `b`; both sorted and merged."""
+    """The parts of `a` outside `b`: `a` sorted and merged, `b` sorted and disjoint (ranges
+    that touch may stay apart, as memblock's regions of different flags do)."""
     out: Ranges = []
     j = 0
     for start, end in a:

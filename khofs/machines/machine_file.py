@@ -53,6 +53,7 @@ from typing import Any
 from khofs.engine.machine import Arch, GiB, KiB, Machine, MiB, Node, get_arch
 from khofs.errors import MachineError
 from khofs.lib.cmdline import memparse, simple_strtoull
+from khofs.lib.ranges import merge
 from khofs.lib.read_file import read_file
 from khofs.lib.sizes import exact_size, rounded_size
 from khofs.machines.presets import contiguous_nodes, pc_nodes
@@ -261,7 +262,7 @@ def check_layout(layout: Layout) -> None:
     if total < MIN_RAM:
         raise LayoutProblem(f"only {exact_size(total)} of RAM: a machine needs at least "
                             f"{exact_size(MIN_RAM)}", layout.nodes_line)
-    spans = _spans(layout.ranges)
+    spans = merge([(r.start, r.end) for r in layout.ranges])  # disjoint, checked above
     kernel = _check_kernel(layout, spans)
     _check_initrd(layout, spans, kernel)
 
@@ -296,17 +297,6 @@ def _check_ranges(arch: Arch, ranges: list[RamRange]) -> None:
             if o.start < r.end and r.start < other_end:
                 raise LayoutProblem(f"{what}: overlaps node {o.nid} range {o.label}", r.line)
         seen.insert(at, (r.start, r.end, index))
-
-
-def _spans(ranges: list[RamRange]) -> list[tuple[int, int]]:
-    """The RAM as maximal contiguous spans, whatever node each part is on."""
-    spans: list[tuple[int, int]] = []
-    for start, end in sorted((r.start, r.end) for r in ranges):
-        if spans and spans[-1][1] == start:
-            spans[-1] = (spans[-1][0], end)
-        else:
-            spans.append((start, end))
-    return spans
 
 
 def _is_ram(spans: list[tuple[int, int]], start: int, end: int) -> bool:
