@@ -46,12 +46,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from khofs.daemon.probe import is_stopped
+from khofs.daemon.state import SUN_PATH_MAX
 
 log = logging.getLogger("khofs.daemon.control")
 
-# libfuse's handlers end the FUSE loop only when they run on the main thread; keep them off
-# ours (a process-directed SIGTERM may land on any thread that does not block it).
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# What ends a command, and what libfuse handles itself in a daemon (fuse_set_signal_handlers
+# installs its handlers only where the disposition is SIG_DFL). Its handlers end the FUSE
+# loop only when they run on the main thread: the control threads block them (a
+# process-directed SIGTERM may land on any thread that does not).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FOLLOW_POLL = 0.5
 STOP_TIMEOUT = 30.0
 DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
@@ -138,8 +141,6 @@ def _block_stop_signals() -> None:
 
 
 # --- the daemon's side ------------------------------------------------------------------
-
-SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the NUL
 
 
 @contextlib.contextmanager

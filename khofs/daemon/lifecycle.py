@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from khofs.daemon import mountinfo
-from khofs.daemon.control import ControlServer
+from khofs.daemon.control import STOP_SIGNALS, ControlServer
 from khofs.daemon.detach import umount
 from khofs.daemon.served import Rebooter, ServedSystem
 from khofs.daemon.state import pid_path, socket_path, write_pid_file
@@ -34,9 +34,6 @@ from khofs.engine.system import System
 
 READY = b"\nkhofs-ready\n"
 START_TIMEOUT = 30.0
-# what ends a command, and what libfuse handles itself in a daemon (fuse_set_signal_handlers
-# installs its handlers only where the disposition is SIG_DFL)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def open_log(path: str) -> int:

@@ -36,9 +36,8 @@ from khofs.engine.sysfs import (
     memmap_show,
 )
 from khofs.engine.system import System
-from khofs.engine.uaccess import CAP_SYS_ADMIN
+from khofs.engine.uaccess import CAP_SYS_ADMIN, CAP_SYSLOG
 
-CAP_SYSLOG = 34
 MACHINE_FIRST_INO = 1 << 32  # apart from the debugfs tree's numbers, in the same mount
 SYSFS_SIZE = 4096  # what sysfs reports as every attribute's size
 PAGE_SIZE = 4096  # a sysfs store sees at most a page

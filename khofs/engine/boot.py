@@ -19,7 +19,7 @@ from khofs.engine.crash_reserve import (
 )
 from khofs.engine.kexec import Handover
 from khofs.engine.kho_in import KhoIn
-from khofs.engine.machine import GiB, KiB, Machine, MiB
+from khofs.engine.machine import SMP_CACHE_BYTES, GiB, KiB, Machine, MiB
 from khofs.engine.memblock import (
     MEMBLOCK_ALLOC_ACCESSIBLE,
     MEMBLOCK_RSRV_KERN,
@@ -29,15 +29,13 @@ from khofs.engine.memblock import (
     round_up,
 )
 from khofs.engine.params import BootParams, ReserveMem
-from khofs.engine.printk import Printk
+from khofs.engine.printk import LOG_BUF_LEN, Printk
 from khofs.engine.reserve_mem import reserve_mem_kho_revive
 
-SMP_CACHE_BYTES = 64
 PG_DATA_T_SIZE = 0x2B000  # sizeof(pg_data_t), page-rounded: "NODE_DATA(n) allocated" lines
 MEM_SECTION_SIZE = 16  # sizeof(struct mem_section)
 SECTION_USAGE_SIZE = 24 + 32  # struct mem_section_usage + usemap_size()
 PERCPU_UNIT_USED = 256 * KiB  # static + reserved + dynamic per-cpu bytes ("Embedded 64 pages")
-LOG_BUF_LEN = 128 * KiB  # CONFIG_LOG_BUF_SHIFT=17
 LOG_CPU_MAX_BUF = 4 * KiB  # CONFIG_LOG_CPU_MAX_BUF_SHIFT=12
 IO_TLB_DEFAULT_SIZE = 64 * MiB
 IO_TLB_SLOT_SIZE = 24  # sizeof(struct io_tlb_slot), one per 2 KiB slab

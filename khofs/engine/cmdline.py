@@ -22,6 +22,7 @@ import errno
 from collections.abc import Callable
 
 from khofs.engine.era import ERA_6_16, Era
+from khofs.engine.machine import SMP_CACHE_BYTES
 from khofs.engine.params import BootParams, ReserveMem, ScratchParams
 from khofs.engine.printk import Printk
 from khofs.lib.cmdline import (
@@ -43,7 +44,6 @@ SCALE_BUF_LEN = 11
 # mm/memblock.c
 RESERVE_MEM_MAX_ENTRIES = 8
 RESERVE_MEM_NAME_SIZE = 16
-SMP_CACHE_BYTES = 64  # L1_CACHE_BYTES on x86-64 and arm64
 # arch/x86/include/asm/setup.h and arch/arm64/include/uapi/asm/setup.h: 2048 on both
 COMMAND_LINE_SIZE = 2048
 

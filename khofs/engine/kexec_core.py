@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from khofs.engine.kernel import Kernel
-from khofs.engine.kexec import Segment
+from khofs.engine.kexec import ULONG_MAX, Segment
 from khofs.engine.kexec_image import boot_command_line
 from khofs.engine.uaccess import CAP_SYS_BOOT, UserAccess
 
@@ -35,7 +35,6 @@ KEXEC_FLAGS = KEXEC_ON_CRASH | KEXEC_UPDATE_ELFCOREHDR | KEXEC_CRASH_HOTPLUG_SUP
 
 KEXEC_SEGMENT = struct.Struct("<QQQQ")  # buf, bufsz, mem, memsz
 COMPAT_KEXEC_SEGMENT = struct.Struct("<IIII")  # the same, 32-bit, for the i386 entry
-ULONG_MASK = (1 << 64) - 1
 
 
 def kexec_arch(arch: str) -> int:
@@ -46,7 +45,7 @@ def kexec_arch(arch: str) -> int:
 def kexec_destination_memory_limit(arch: str) -> int:
     """KEXEC_DESTINATION_MEMORY_LIMIT: x86-64's MAXMEM - 1 with 4-level paging (46 bits);
     the generic -1UL elsewhere."""
-    return (1 << 46) - 1 if arch == "x86_64" else ULONG_MASK
+    return (1 << 46) - 1 if arch == "x86_64" else ULONG_MAX
 
 
 class KexecSlots(Protocol):
@@ -129,7 +128,7 @@ def sanity_check_segment_list(segments: list[KexecSegment], page_size: int, arch
     (EADDRNOTAVAIL; crash_region is its [start, end], (0, 0) when nothing is reserved)."""
     limit = kexec_destination_memory_limit(arch)
     for seg in segments:
-        mstart, mend = seg.mem, (seg.mem + seg.memsz) & ULONG_MASK
+        mstart, mend = seg.mem, (seg.mem + seg.memsz) & ULONG_MAX
         if mstart > mend or mstart % page_size or mend % page_size or mend >= limit:
             return -errno.EADDRNOTAVAIL
     for i, seg in enumerate(segments):

@@ -28,7 +28,7 @@ from khofs.engine.abi.kexec_handover import (
 )
 from khofs.engine.era import DEFAULT_PROFILE, Profile
 from khofs.engine.kexec import Handover
-from khofs.engine.kho_radix import radix_walk
+from khofs.engine.kho_radix import U64_MASK, radix_walk
 from khofs.engine.memblock import Memblock
 from khofs.engine.memtrack import split_blocks
 from khofs.engine.physmem import MAX_FDT_READ, PhysMem
@@ -38,7 +38,6 @@ from khofs.lib.fdt_ro import FdtNode, fdt_parse
 from khofs.lib.libfdt import FDT_ERR_BADSTRUCTURE
 
 MAX_CHUNKS = 1 << 20  # a chunk list longer than this is taken to be a loop
-U64_MASK = (1 << 64) - 1
 
 
 @dataclass

@@ -14,8 +14,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-
 U32_MAX = 0xFFFFFFFF
+SMP_CACHE_BYTES = 64  # L1_CACHE_BYTES on x86-64 and arm64
 
 
 @dataclass(frozen=True)

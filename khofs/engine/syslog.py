@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import errno
 
-from khofs.engine.printk import LEVELS, Printk, Record, console_loglevel
-from khofs.engine.uaccess import UserAccess
+from khofs.engine.printk import LEVELS, LOG_BUF_LEN, Printk, Record, console_loglevel
+from khofs.engine.uaccess import CAP_SYSLOG, UserAccess
 
-CAP_SYSLOG = 34
 SYSLOG_ACTION_CLOSE, SYSLOG_ACTION_OPEN, SYSLOG_ACTION_READ = 0, 1, 2
 SYSLOG_ACTION_READ_ALL, SYSLOG_ACTION_READ_CLEAR, SYSLOG_ACTION_CLEAR = 3, 4, 5
 SYSLOG_ACTION_CONSOLE_OFF, SYSLOG_ACTION_CONSOLE_ON, SYSLOG_ACTION_CONSOLE_LEVEL = 6, 7, 8
 SYSLOG_ACTION_SIZE_UNREAD, SYSLOG_ACTION_SIZE_BUFFER = 9, 10
-LOG_BUF_LEN = 128 << 10  # CONFIG_LOG_BUF_SHIFT=17
 MINIMUM_CONSOLE_LOGLEVEL = 1
 WAIT = object()  # READ with nothing unread: the caller waits for the next record
 

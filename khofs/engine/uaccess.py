@@ -14,6 +14,7 @@ from typing import Protocol
 
 CAP_SYS_ADMIN = 21
 CAP_SYS_BOOT = 22
+CAP_SYSLOG = 34
 
 
 class UserFile(Protocol):

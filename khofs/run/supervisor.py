@@ -31,13 +31,12 @@ from khofs.engine.uaccess import CAP_SYS_ADMIN
 from khofs.run import seccomp
 from khofs.run.namespace import MS_BIND, MS_MOVE, MS_REMOUNT, ns_inode
 from khofs.run.seccomp import Notification
-from khofs.run.task import OwnSize, Task, status_field
+from khofs.run.task import PAGE, OwnSize, Task, status_field
 
 log = logging.getLogger("khofs.run.supervisor")
 
 EMULATED_FS = ("debugfs", "proc", "sysfs", "devtmpfs")
 PATH_MAX = 4096
-PAGE = 4096
 
 MountRequest = Callable[[dict[str, object]], int]  # to the mount helper: 0 or an errno
 
