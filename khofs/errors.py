@@ -32,10 +32,6 @@ class RuntimeDirError(InputError):
     """The runtime directory ($XDG_RUNTIME_DIR, /tmp/khofs-UID) is missing or not ours."""
 
 
-class FileKindError(InputError):
-    """A file given as input is not a regular file (a directory, a FIFO, a device)."""
-
-
 class Interrupted(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
     """SIGINT, SIGTERM or SIGHUP reached a command: it undoes what it started and exits with
     128 + the signal's number. Not a KeyboardInterrupt, so that plugin code raising one

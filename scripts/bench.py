@@ -166,12 +166,6 @@ def khofs_mount(stack: ExitStack, mnt: str, *options: str) -> int:
     return pids[0]
 
 
-def khofs_umount(mnt: str) -> None:
-    r = run([*KHOFS, "umount", mnt])
-    if r.returncode != 0:
-        raise RuntimeError(f"khofs umount {mnt}: {r.stderr.strip()}")
-
-
 def cfs_mount(stack: ExitStack, cfs: Path, src: Path, mnt: str) -> int:
     """cfs daemonizes once its mount is live, so its exit is the mount's readiness."""
     pids: list[int] = []

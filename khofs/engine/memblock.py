@@ -68,10 +68,6 @@ class MemblockType:
         self.name = name
         self.regions: list[Region] = []
 
-    @property
-    def total_size(self) -> int:
-        return sum(r.size for r in self.regions)
-
     def add_range(self, base: int, size: int, nid: int, flags: int) -> None:
         """memblock_add_range: insert the parts not already covered, then merge them with
         their neighbours (regions are sorted by base, so by end too: bisect finds the spot)."""

@@ -378,6 +378,3 @@ class System:
             if profile is not None:
                 self.profile = profile
         self.boot_next()
-
-    def log_lines(self) -> list[str]:
-        return [format_record(boot, rec) for boot, rec in self.records]
