@@ -26,6 +26,14 @@ DEFAULT_CMDLINE = "kho=on"
 DEFAULT_MACHINE = "laptop"
 
 
+def mountpoint_arg(given: str) -> str:
+    """The mount point as an absolute path; an empty one is refused, as the kernel refuses
+    an empty path (ENOENT), instead of meaning the current directory."""
+    if not given:
+        raise Usage("mount point '': No such file or directory")
+    return os.path.abspath(given)
+
+
 def check_mountpoint(path: str, given: str) -> None:
     """A directory where nothing is mounted, empty. What is mounted there is looked up in
     mountinfo before anything stats the path: a dead khofs mount fails a stat with ENOTCONN
@@ -127,13 +135,11 @@ def check_table(args: argparse.Namespace, initcalls: list[Initcall], *profiles: 
 def absolute_machine(spec: str | None) -> str | None:
     """--machine as the daemon (in another directory) reads it: a machine file's path (as
     load_machine tells one from a preset) absolute."""
-    if spec is None or spec == "host":
-        return spec
-    from khofs.machines.presets import MACHINES
+    if spec is None:
+        return None
+    from khofs.machines.load import is_machine_file
 
-    if spec in MACHINES or not ("/" in spec or spec.endswith(".toml") or os.path.isfile(spec)):
-        return spec
-    return os.path.abspath(spec)
+    return os.path.abspath(spec) if is_machine_file(spec) else spec
 
 
 def absolute_plugin(spec: str) -> str:

@@ -15,6 +15,7 @@ from khofs.cli.boot import (
     boot_kernel,
     check_mountpoint,
     make_system,
+    mountpoint_arg,
     rebooter_of,
     warn_kho_off,
 )
@@ -68,23 +69,15 @@ def _open_log(given: str | None, default: Path | None) -> int:
                     else f"{default}: {e.strerror}") from None
 
 
-def mountpoint_arg(given: str) -> str:
-    """The mount point as an absolute path; an empty one is refused, as the kernel refuses
-    an empty path (ENOENT), instead of meaning the current directory."""
-    if not given:
-        raise Usage("mount point '': No such file or directory")
-    return os.path.abspath(given)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """khofs run: the machine boots here, then the runner serves it to COMMAND."""
     from khofs.daemon.fuse_edge import load_backend
     from khofs.run.initramfs import read_initrd
-    from khofs.run.runner import RunError, check_inputs, run
+    from khofs.run.runner import DEFAULT_INIT, RunError, check_inputs, run
 
     command = args.run_command[1:] if args.run_command[:1] == ["--"] else args.run_command
     if not command and (args.initrd or args.root):
-        command = ["/init"]
+        command = [DEFAULT_INIT]
     try:
         check_inputs(command, args.boots, args.root)
         initrd = read_initrd(args.initrd) if args.initrd else None
@@ -102,8 +95,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
     """khofs compat: the matrix; exit 0 whatever the cells say."""
     import json
 
-    from khofs.cli.boot import profile_arg
-    from khofs.engine.driver import initcall_problem
+    from khofs.cli.boot import check_table, profile_arg
     from khofs.engine.era import ERAS
     from khofs.machines.load import load_machine
     from khofs.producers.compat import DEFAULT_REGION, compat_matrix
@@ -118,10 +110,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
     drivers: list[ProducerSpec | DriverFactory]
     if args.producers:
         drivers = list(load_producers(args.producers))
-        for profile in profiles:
-            problem = initcall_problem(boot_table(drivers), profile)
-            if problem:
-                raise Usage(f"{args.producers}: {problem}")
+        check_table(args, boot_table(drivers), *profiles)
     else:
         drivers, cmdline = [KhoTest], f"{cmdline} {DEFAULT_REGION}"
     cells = compat_matrix(machine, cmdline, drivers, profiles)

@@ -299,10 +299,8 @@ def check_inputs(command: Sequence[str], boots: int, root: str | None) -> None:
 def run(system: System, command: Sequence[str], *, boots: int = 1, console: bool = False,
         initrd: list[Entry] | None = None, root: str | None = None,
         debug: bool = False, logfd: int | None = None) -> int:
-    """COMMAND's exit status (128 + signal when it was killed), or 0."""
-    if not command and (initrd is not None or root is not None):
-        command = [DEFAULT_INIT]
-    check_inputs(command, boots, root)
+    """COMMAND's exit status (128 + signal when it was killed), or 0. The caller has
+    checked its inputs (check_inputs) before the machine booted."""
     try:
         ns.enter_private_namespace()
     except OSError as e:
