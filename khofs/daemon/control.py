@@ -161,9 +161,9 @@ def _unix_address(path: Path) -> Iterator[str]:
 class ControlServer:
     """Listens on path; one thread per connection."""
 
-    def __init__(self, path: Path, host: ControlTarget) -> None:
+    def __init__(self, path: Path, target: ControlTarget) -> None:
         self.path = path
-        self.host = host
+        self.target = target
         self.sock: socket.socket | None = None
         self._lingering: list[socket.socket] = []
 
@@ -254,20 +254,20 @@ class ControlServer:
         if request is None:
             _send(conn, {"status": 1, "error": "bad kexec request"})
             return
-        status, error = self.host.kexec(request)
+        status, error = self.target.kexec(request)
         _send(conn, {"status": status, "error": error} if status else {"status": 0})
         if status == 0 and request.execute and request.to is not None:
             # kexec'd into another process: the client waits for this connection to close,
             # which happens when the daemon has unmounted and exited.
             self._lingering.append(conn)
-            self.host.stop()
+            self.target.stop()
 
     def _reboot(self, conn: socket.socket, req: dict[str, Any]) -> None:
         request = parse_reboot(req)
         if request is None:
             _send(conn, {"status": 1, "error": "bad reboot request"})
             return
-        done = self.host.reboot(request)
+        done = self.target.reboot(request)
         if isinstance(done, Rebooted):
             _send(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
                          "kho": done.kho, "kho_enabled": done.kho_enabled,
@@ -278,7 +278,7 @@ class ControlServer:
     def _log(self, conn: socket.socket, follow: bool) -> None:
         sent = 0
         while True:
-            lines = self.host.log_lines(sent)
+            lines = self.target.log_lines(sent)
             if lines:
                 _send(conn, *({"line": ln} for ln in lines))
                 sent += len(lines)
@@ -287,7 +287,7 @@ class ControlServer:
                 return
             if _peer_closed(conn):
                 return
-            self.host.wait_log(sent, FOLLOW_POLL)
+            self.target.wait_log(sent, FOLLOW_POLL)
 
 
 def parse_kexec(req: dict[str, Any]) -> KexecRequest | None:

@@ -78,9 +78,8 @@ def _not_answering(mountpoint: str, pid: int | None) -> bool:
 
 def _abort(mount: mountinfo.Mount, pid: int | None) -> str:
     """Abort the mount's FUSE connection; the line that says so (or why it could not)."""
-    who = f"its daemon (pid {pid}{', stopped' if pid is not None and is_stopped(pid) else ''})"
-    if pid is None:
-        who = "its daemon"
+    who = "its daemon" if pid is None else \
+        f"its daemon (pid {pid}{', stopped' if is_stopped(pid) else ''})"
     problem = abort_connection(mount.dev)
     if problem:
         return (f"{mount.mount_point}: {who} does not answer, and its FUSE connection could "

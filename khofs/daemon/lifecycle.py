@@ -66,19 +66,19 @@ def default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def _serve(host: ServedSystem, mountpoint: str, allow_other: bool, debug: bool,
+def _serve(served: ServedSystem, mountpoint: str, allow_other: bool, debug: bool,
            on_ready: Callable[[], None] | None = None) -> None:
     """Listen on the control socket, then serve FUSE until unmounted."""
     from khofs.daemon.fuse_edge import serve
 
-    control = ControlServer(socket_path(mountpoint), host)
+    control = ControlServer(socket_path(mountpoint), served)
     control.start()
     try:
-        serve(host.current, mountpoint, host.page_size, lock=host.lock,
+        serve(served.current, mountpoint, served.page_size, lock=served.lock,
               allow_other=allow_other, debug=debug, on_ready=on_ready)
     finally:
         control.close()
-        host.hand_over_if_stopped_loaded()
+        served.hand_over_if_stopped_loaded()
 
 
 def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bool,
@@ -87,8 +87,8 @@ def run_foreground(system: System, mountpoint: str, allow_other: bool, debug: bo
     default_signals()
     write_pid_file(pidfile)
     try:
-        host = ServedSystem(system, mountpoint, setup_logging(None, debug), rebooter)
-        _serve(host, mountpoint, allow_other, debug)
+        served = ServedSystem(system, mountpoint, setup_logging(None, debug), rebooter)
+        _serve(served, mountpoint, allow_other, debug)
     finally:
         pidfile.unlink(missing_ok=True)
     return 0
@@ -154,8 +154,8 @@ def _daemon(system: System, mountpoint: str, logfd: int, w: int,
     status = 0
     try:
         write_pid_file(pidfile)
-        host = ServedSystem(system, mountpoint, setup_logging(logfd, debug), rebooter)
-        _serve(host, mountpoint, allow_other, debug, on_ready=ready)
+        served = ServedSystem(system, mountpoint, setup_logging(logfd, debug), rebooter)
+        _serve(served, mountpoint, allow_other, debug, on_ready=ready)
     except BaseException as e:  # noqa: BLE001 - the daemon must report, then exit
         import logging
 

@@ -173,8 +173,7 @@ class ServedSystem:
         if to is None:
             return 0, ""
         path = Path(to)
-        real = os.path.realpath(path)
-        if real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/"):
+        if self._inside_mount(path):
             return 1, f"{to}: inside the mount point it would hand over from"
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -182,6 +181,11 @@ class ServedSystem:
             return 1, f"{to}: {e.strerror or e}"
         self.pending_to = path
         return 0, ""
+
+    def _inside_mount(self, path: Path) -> bool:
+        """path is the mount point or under it: a handover cannot be written there."""
+        real = os.path.realpath(path)
+        return real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/")
 
     def hand_over_if_stopped_loaded(self) -> None:
         """The daemon is stopping with an image loaded for another process: write it."""
@@ -204,8 +208,7 @@ class ServedSystem:
 
     def _hand_over(self, to: Path) -> tuple[int, str]:
         """kexec -e into the process that will `khofs mount --boot-from to`."""
-        real = os.path.realpath(to)
-        if real == self.mountpoint or real.startswith(self.mountpoint.rstrip("/") + "/"):
+        if self._inside_mount(to):
             return 1, f"{to}: inside the mount point it would hand over from"
         with self.lock:
             if self.system.loaded is None:
