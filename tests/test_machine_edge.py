@@ -12,15 +12,15 @@ import threading
 
 import pytest
 
-from khofs.daemon.machine_files import MACHINE_FIRST_INO, MachineFiles
 from khofs.daemon.opener import Opener
-from khofs.daemon.run_tree import RunTree
 from khofs.debugfs.inode import OpenFile
 from khofs.engine.reboot import Reboot, Shutdown
 from khofs.engine.system import System
 from khofs.engine.uaccess import CAP_SYS_ADMIN, CAP_SYS_BOOT, kernel_read_file_from_fd
 from khofs.run import seccomp
+from khofs.run.machine_files import MACHINE_FIRST_INO, MachineFiles
 from khofs.run.namespace import ns_inode
+from khofs.run.run_tree import RunTree
 from khofs.run.supervisor import to_int
 from khofs.run.task import Task
 from tests.helpers import boot_system

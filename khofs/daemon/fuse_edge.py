@@ -140,7 +140,7 @@ class FuseError(OSError):
 
 class Tree(Protocol):
     """What the operations ask of a tree: a Debugfs, or `khofs run`'s root
-    (khofs.daemon.run_tree) of a debugfs and the machine files."""
+    (khofs.run.run_tree) of a debugfs and the machine files."""
 
     def lookup(self, path: str) -> Dentry | None: ...
 

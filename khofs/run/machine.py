@@ -1,5 +1,5 @@
 """The daemon of a `khofs run`: the one System of the machine, served two ways. FUSE shows its
-debugfs and machine files (khofs.daemon.run_tree) for the run to bind into place; a supervisor
+debugfs and machine files (khofs.run.run_tree) for the run to bind into place; a supervisor
 thread answers the seccomp notifications of each boot (khofs.run.supervisor). Both see the same
 System, so a kexec_file_load is at once in /sys/kernel/kexec_loaded.
 
@@ -27,14 +27,14 @@ from typing import Any
 
 from khofs.daemon import mountinfo
 from khofs.daemon.lifecycle import setup_logging
-from khofs.daemon.machine_files import MachineFiles
-from khofs.daemon.run_tree import RunTree
 from khofs.engine.printk import Record, console_loglevel, on_console
 from khofs.engine.reboot import Reboot, Shutdown
 from khofs.engine.syslog import console_level
 from khofs.engine.system import System, format_record
 from khofs.run import mounts
+from khofs.run.machine_files import MachineFiles
 from khofs.run.namespace import ns_inode, set_parent_death_signal
+from khofs.run.run_tree import RunTree
 from khofs.run.supervisor import Supervisor
 from khofs.run.task import Task
 

@@ -41,7 +41,7 @@ PROC_FILES = ("cmdline", "iomem", "sysrq-trigger", "kmsg")
 class Places:
     """Where the run's FUSE tree and prepared mounts are, in the run's mount namespace."""
 
-    machine: str  # the machine files (khofs.daemon.machine_files)
+    machine: str  # the machine files (khofs.run.machine_files)
     debug: str  # the running kernel's debugfs
     sys_kernel: str  # the /sys/kernel overlay, the debugfs bound at its debug/
     console: str  # what /dev/console is in a devtmpfs the run mounts

@@ -23,12 +23,12 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from khofs.daemon.machine_files import MachineFiles
 from khofs.engine.reboot import PidNsReboot, Reboot, Shutdown
 from khofs.engine.syslog import WAIT
 from khofs.engine.system import System
 from khofs.engine.uaccess import CAP_SYS_ADMIN
 from khofs.run import seccomp
+from khofs.run.machine_files import MachineFiles
 from khofs.run.namespace import MS_BIND, MS_MOVE, MS_REMOUNT, ns_inode
 from khofs.run.seccomp import Notification
 from khofs.run.task import PAGE, OwnSize, Task, status_field

@@ -54,7 +54,7 @@ def status_field(pid: int, name: str) -> str | None:
 
 
 # The kernel's i_size of a file this machine serves itself, where FUSE's stat reports the
-# data's length (khofs.daemon.run_tree.RunTree.inode_size); None for any other file.
+# data's length (khofs.run.run_tree.RunTree.inode_size); None for any other file.
 OwnSize = Callable[[os.stat_result], "int | None"]
 
 

@@ -1,5 +1,5 @@
 """The tree `khofs run` serves through FUSE: the running kernel's debugfs at /debug and the
-machine files (khofs.daemon.machine_files) at /machine, under a root of its own. The run binds
+machine files (khofs.run.machine_files) at /machine, under a root of its own. The run binds
 /debug at /sys/kernel/debug and the machine files over /proc, /sys and /dev/kmsg.
 
 It offers what the FUSE edge asks of a debugfs (lookup, readdir, the attribute changes),
