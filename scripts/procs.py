@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from khofs.daemon.mountinfo import is_mounted
+from khofs.daemon.probe import process_state
 
 __all__ = ["alive", "cmdline", "is_mounted", "run"]
 
@@ -17,12 +18,7 @@ def run(argv: list[str], timeout: float | None = None) -> subprocess.CompletedPr
 
 def alive(pid: int) -> bool:
     """Running: a zombie (this VM's init reaps late) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    return process_state(pid) not in (None, "Z", "X")
 
 
 def cmdline(pid: int) -> str:

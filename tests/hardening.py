@@ -1,5 +1,5 @@
-"""What the hardening tests share: running khofs as a user does, on either FUSE backend, and
-checking what a command left behind (mounts, daemons).
+"""What the hardening tests share: mounts on either FUSE backend (with tests.helpers' khofs,
+as a user runs it), and checking what a command left behind (mounts, daemons).
 
 Every mount made here is unmounted when the `with` ends, passed or failed; a stopped daemon
 is continued and killed.
@@ -11,28 +11,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from khofs.daemon.mountinfo import find
+from khofs.daemon.probe import is_running, is_stopped
 from khofs.daemon.state import pid_path
+from tests.helpers import khofs
 
-KHOFS = [sys.executable, "-m", "khofs"]
 BACKENDS = ("2", "3")
-
-
-def khofs(*args: str | os.PathLike[str], backend: str | None = None, timeout: float = 60,
-          env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
-    """`khofs ARGS` as a user runs it; stdout and stderr as text (bytes that are not UTF-8
-    come back as surrogates, as os.fsdecode makes them)."""
-    env = dict(os.environ if env is None else env)
-    if backend is not None:
-        env["KHOFS_FUSE"] = backend
-    return subprocess.run([*KHOFS, *map(os.fspath, args)], capture_output=True, text=True,
-                          errors="surrogateescape", timeout=timeout, check=False, env=env,
-                          **kw)  # type: ignore[call-overload]
 
 
 def daemon_pid(mnt: Path) -> int | None:
@@ -40,19 +28,6 @@ def daemon_pid(mnt: Path) -> int | None:
         return int(pid_path(mnt).read_text())
     except (OSError, ValueError):
         return None
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter in /proc/PID/stat (T: stopped, Z: a zombie), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def is_running(pid: int) -> bool:
-    return process_state(pid) not in (None, "Z")
 
 
 def daemons_of(mnt: Path) -> list[int]:
@@ -85,7 +60,7 @@ def force_cleanup(mnt: Path) -> None:
     """Whatever a failed test left: continue and kill its daemons, detach the mount."""
     for pid in daemons_of(mnt):
         with contextlib.suppress(ProcessLookupError):
-            if process_state(pid) in ("T", "t"):
+            if is_stopped(pid):
                 os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
     if find(mnt) is not None:

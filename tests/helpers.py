@@ -40,10 +40,17 @@ __all__ = [
 KHOFS = [sys.executable, "-m", "khofs"]
 
 
-def khofs(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run the khofs command as a user would."""
-    return subprocess.run([*KHOFS, *args], capture_output=True, text=True, check=check,
-                          timeout=60, **kw)  # type: ignore[call-overload]
+def khofs(*args: str | os.PathLike[str], check: bool = False, backend: str | None = None,
+          timeout: float = 60, env: dict[str, str] | None = None,
+          **kw: object) -> subprocess.CompletedProcess[str]:
+    """`khofs ARGS` as a user runs it (on the FUSE backend given, else the environment's);
+    stdout and stderr as text (bytes that are not UTF-8 come back as surrogates, as
+    os.fsdecode makes them)."""
+    if backend is not None:
+        env = {**(os.environ if env is None else env), "KHOFS_FUSE": backend}
+    return subprocess.run([*KHOFS, *map(os.fspath, args)], capture_output=True, text=True,
+                          errors="surrogateescape", check=check, timeout=timeout, env=env,
+                          **kw)  # type: ignore[call-overload]
 
 
 def sh(script: str, shell: str = "sh", **kw: object) -> subprocess.CompletedProcess[str]:

@@ -13,20 +13,17 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from khofs.engine.uaccess import CAP_SYS_ADMIN, CAP_SYS_BOOT
+from tests.helpers import KHOFS
 from tests.other_user import SETPRIV, as_nobody, nobody_env
 
 MiB = 1 << 20
-KHOFS = [sys.executable, "-m", "khofs"]
-# The other user of the tests. It runs the khofs of this checkout with this checkout's
-# interpreter: the checkout and its .venv must be readable by it.
-NOBODY = SETPRIV  # the prefix that runs a command as nobody
+NOBODY = SETPRIV  # the prefix that runs a command as nobody (tests.other_user)
 PROGRAMS = Path(__file__).parent / "programs"
 
 

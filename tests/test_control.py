@@ -28,12 +28,9 @@ from tests.helpers import (
     sh,
     wait_gone,
 )
-from tests.other_user import as_nobody, base_python, nobody_env
+from tests.other_user import NOBODY, SETPRIV, as_nobody, base_python, nobody_env
 
 pytestmark = pytest.mark.mount
-
-NOBODY = 65534
-SETPRIV = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 # Connects as a process whose effective uid is nobody's but whose file-system uid is still
 # root's: it gets past the socket's mode, so only the daemon's SO_PEERCRED check (which

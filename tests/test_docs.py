@@ -30,10 +30,10 @@ import pytest
 
 from khofs.cli.parser import build_parser
 from khofs.daemon import mountinfo
+from tests.helpers import KHOFS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-KHOFS = [sys.executable, "-m", "khofs"]
 MARKER = re.compile(r"<!-- (test|output|check): ([\w-]+) -->")
 FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
 TIMESTAMP = re.compile(r"\[\s*\d+\.\d{6}\]")

@@ -29,6 +29,7 @@ from khofs.daemon.state import pid_path
 from khofs.debugfs.file import SeqShow
 from khofs.debugfs.inode import Debugfs
 from tests.helpers import is_mounted, khofs, one_line_error
+from tests.other_user import SETPRIV
 
 pytestmark = pytest.mark.mount
 
@@ -456,13 +457,12 @@ def test_writes_by_others_clear_set_id_bits(backend_mnt: tuple[str, Path]) -> No
     os.chmod(root, 0o755)
     f = root / OUT / "finalize"
     os.chmod(f, 0o6666)
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    r = subprocess.run([*nobody, "sh", "-c", f"echo 1 > {f}"], capture_output=True, text=True,
+    r = subprocess.run([*SETPRIV, "sh", "-c", f"echo 1 > {f}"], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o2666 and f.read_bytes() == b"1\n"
     os.chmod(f, 0o6676)
-    r = subprocess.run([*nobody, "truncate", "-s", "0", str(f)], capture_output=True,
+    r = subprocess.run([*SETPRIV, "truncate", "-s", "0", str(f)], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o0676

@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening import (
-    BACKENDS,
-    KHOFS,
-    daemon_pid,
-    force_cleanup,
-    khofs,
-    mounted,
-    nothing_left,
-)
+from tests.hardening import BACKENDS, daemon_pid, force_cleanup, mounted, nothing_left
+from tests.helpers import KHOFS, khofs
 
 BOUND = 15.0  # what "bounded" means here: far below the timeout that would kill the command
 

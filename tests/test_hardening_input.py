@@ -13,7 +13,8 @@ import pytest
 
 from khofs.engine.cmdline import parse_cmdline
 from khofs.engine.printk import Printk
-from tests.hardening import BACKENDS, khofs, mounted, nothing_left
+from tests.hardening import BACKENDS, mounted, nothing_left
+from tests.helpers import khofs
 
 FAST = 20.0  # seconds: what reading a header takes, with room for a loaded machine
 

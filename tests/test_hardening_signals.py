@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening import KHOFS, force_cleanup, khofs, mounted, nothing_left
+from tests.hardening import force_cleanup, mounted, nothing_left
+from tests.helpers import KHOFS, khofs
 
 ROOT = Path(__file__).parent.parent
 

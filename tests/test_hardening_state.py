@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from khofs.daemon import state
-from tests.hardening import KHOFS, khofs, mounted, nothing_left
+from tests.hardening import mounted, nothing_left
+from tests.helpers import KHOFS, khofs
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: its .venv runs khofs
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import is_mounted, khofs, sh
+from tests.other_user import SETPRIV
 
 pytestmark = pytest.mark.mount
 
@@ -117,11 +118,8 @@ def test_statfs(mnt: Path) -> None:
     assert st.f_bsize == 4096 and st.f_namemax == 255 and st.f_blocks == 0
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
 def test_other_user_refused_by_default(mnt: Path) -> None:
-    r = subprocess.run([*NOBODY, "cat", f"{mnt}/kho/out/scratch_phys"], capture_output=True,
+    r = subprocess.run([*SETPRIV, "cat", f"{mnt}/kho/out/scratch_phys"], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 1 and "Permission denied" in r.stderr
 
@@ -140,14 +138,14 @@ def test_allow_other_enforces_modes(mount: object, tmp_path: Path) -> None:
 
 
 def check_allow_other(mnt: Path) -> None:
-    r = subprocess.run([*NOBODY, "ls", str(mnt)], capture_output=True, text=True, check=False)
+    r = subprocess.run([*SETPRIV, "ls", str(mnt)], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "Permission denied" in r.stderr
     os.chmod(mnt, 0o755)
     os.chmod(mnt / OUT / "finalize", 0o644)
-    r = subprocess.run([*NOBODY, "cat", f"{mnt}/kho/out/finalize"], capture_output=True,
+    r = subprocess.run([*SETPRIV, "cat", f"{mnt}/kho/out/finalize"], capture_output=True,
                        text=True, check=False)
     assert (r.returncode, r.stdout) == (0, "0\n")
-    r = subprocess.run([*NOBODY, "sh", "-c", f"echo 1 > {mnt}/kho/out/finalize"],
+    r = subprocess.run([*SETPRIV, "sh", "-c", f"echo 1 > {mnt}/kho/out/finalize"],
                        capture_output=True, text=True, check=False)
     assert r.returncode != 0 and "Permission denied" in r.stderr
     assert (mnt / OUT / "finalize").read_bytes() == b"0\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from khofs.daemon.probe import process_state
 from tests.helpers import is_mounted, khofs
 
 pytestmark = pytest.mark.mount
@@ -25,11 +26,7 @@ WRITES = re.compile(r"successful writes: 1 x (\d+), 0 x (\d+); finalize reads (\
 
 
 def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+    return process_state(pid) in (None, "Z", "X")
 
 
 def test_short_run_holds_every_invariant() -> None:
