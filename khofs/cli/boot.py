@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from khofs.cli.parser import Usage
 
 if TYPE_CHECKING:
-    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.control_client import RebootRequest
     from khofs.daemon.served import ColdBoot, Rebooter
     from khofs.engine.driver import Initcall
     from khofs.engine.era import Profile
@@ -153,7 +153,7 @@ def absolute_plugin(spec: str) -> str:
 def rebooter_of(args: argparse.Namespace, system: System) -> Rebooter:
     """What `khofs reboot` on this mount keeps unless told otherwise: the options it was
     mounted with (paths made absolute), and how options become a cold boot."""
-    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.control_client import RebootRequest
     from khofs.daemon.served import Rebooter
 
     options = RebootRequest(

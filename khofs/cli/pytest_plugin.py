@@ -44,7 +44,7 @@ import pytest
 from khofs.daemon import mountinfo
 
 if TYPE_CHECKING:  # the rest is imported when a test first uses `kho`, not at pytest's start
-    from khofs.daemon.control import RebootRequest
+    from khofs.daemon.control_client import RebootRequest
 
 KHOFS = [sys.executable, "-m", "khofs"]
 BOOT = re.compile(r"^\[boot (\d+)\] ")
@@ -86,7 +86,7 @@ class SessionMount:
         same as `khofs reboot` options): its boot number in the mount's log. The first test
         mounts; the others reboot, unless the daemon is gone."""
         from khofs.cli.requests import Failure, reboot_request
-        from khofs.daemon.control import ControlError
+        from khofs.daemon.control_client import ControlError
 
         if self.mounted:
             try:
@@ -182,7 +182,7 @@ class Kho:
         """The same boot as a `khofs reboot` request: every option given (a machine and no
         command line boots the machine's default one)."""
         from khofs.cli.boot import absolute_machine, absolute_plugin
-        from khofs.daemon.control import RebootRequest
+        from khofs.daemon.control_client import RebootRequest
 
         return RebootRequest(
             machine=absolute_machine(self.machine), cmdline=self.cmdline,
@@ -228,7 +228,7 @@ class Kho:
     def log(self) -> list[str]:
         """`khofs log`'s lines of this test's kernels only, their boots numbered from 1 as
         on a mount of its own."""
-        from khofs.daemon.control import ControlError, stream_log
+        from khofs.daemon.control_client import ControlError, stream_log
         from khofs.daemon.state import socket_path
 
         lines: list[str] = []

@@ -13,7 +13,7 @@ from khofs.cli.parser import Usage
 from khofs.errors import Interrupted
 
 if TYPE_CHECKING:
-    from khofs.daemon.control import Rebooted, RebootRequest
+    from khofs.daemon.control_client import Rebooted, RebootRequest
 
 UNMOUNT_TIMEOUT = 10.0
 
@@ -45,7 +45,7 @@ class Failure(Exception):
 
 
 def cmd_kexec(args: argparse.Namespace) -> int:
-    from khofs.daemon.control import ControlError, KexecRequest, kexec
+    from khofs.daemon.control_client import ControlError, KexecRequest, kexec
 
     load = not args.exec_only
     if args.exec_only and (args.append is not None or args.command_line is not None
@@ -87,7 +87,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     """khofs reboot: nothing on stdout; the KHO-off note on stderr, as `khofs mount` gives
     it; bad input (the daemon's loader refused it) exits 2, nothing changed."""
     from khofs.cli.boot import absolute_machine, absolute_plugin, kho_note
-    from khofs.daemon.control import ControlError, RebootRequest
+    from khofs.daemon.control_client import ControlError, RebootRequest
 
     producers = args.producers
     request = RebootRequest(
@@ -114,14 +114,14 @@ def reboot_request(mountpoint: str | os.PathLike[str],
                    request: RebootRequest | None = None) -> Rebooted:
     """`khofs reboot`'s request, sent from this process (the pytest plugin sends it so, per
     test): the kernel it started. Failure (nothing of khofs there) or ControlError."""
-    from khofs.daemon.control import RebootRequest, reboot
+    from khofs.daemon.control_client import RebootRequest, reboot
 
     given, sock = _control(os.fspath(mountpoint))
     return reboot(sock, given, request or RebootRequest())
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from khofs.daemon.control import ControlError, stream_log
+    from khofs.daemon.control_client import ControlError, stream_log
 
     def out(line: str) -> None:
         sys.stdout.write(line + "\n")

@@ -37,16 +37,18 @@ import os
 import select
 import signal
 import socket
-import struct
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from khofs.daemon.probe import is_stopped
-from khofs.daemon.state import SUN_PATH_MAX
+from khofs.daemon.control_client import (
+    KexecRequest,
+    Rebooted,
+    RebootRequest,
+    peer_credentials,
+    send_messages,
+    unix_address,
+)
 
 log = logging.getLogger("khofs.daemon.control")
 
@@ -56,50 +58,8 @@ log = logging.getLogger("khofs.daemon.control")
 # process-directed SIGTERM may land on any thread that does not).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FOLLOW_POLL = 0.5
-STOP_TIMEOUT = 30.0
 DRAIN_TIMEOUT, DRAIN_LIMIT = 1.0, 1 << 16
 REQUEST_TIMEOUT = 10.0
-REBOOT_TIMEOUT = 60.0  # a reboot loads producers and plugins
-
-
-@dataclass(frozen=True)
-class KexecRequest:
-    """`kexec -s -l` (load) then `kexec -e` (execute); to: execute into another process."""
-
-    load: bool = True
-    execute: bool = True
-    append: str | None = None  # --reuse-cmdline --append
-    command_line: str | None = None  # --command-line: exactly this
-    image_size: int | None = None  # None: the machine's kernel_size
-    initrd_size: int = 0
-    to: str | None = None
-    abi: str | None = None  # --abi: the next kernel's version, whatever the image says
-    image_release: str | None = None  # the release in the image's header, if it has one
-
-
-@dataclass(frozen=True)
-class RebootRequest:
-    """`khofs reboot`: a cold boot with these options; None keeps the current one. Paths are
-    absolute. producers "" is none; plugins () is none."""
-
-    machine: str | None = None
-    cmdline: str | None = None
-    producers: str | None = None
-    plugins: tuple[str, ...] | None = None
-    seed: int | None = None
-    abi: str | None = None  # the kernel's version, as --abi takes it
-
-
-@dataclass(frozen=True)
-class Rebooted:
-    """The kernel a reboot started: its boot number in the log, its command line, whether
-    that turns KHO on and whether KHO is on after the boot."""
-
-    boot: int
-    cmdline: str
-    kho: bool
-    kho_enabled: bool
-    scratch_logged: bool = False
 
 
 class ControlTarget(Protocol):
@@ -116,46 +76,11 @@ class ControlTarget(Protocol):
     def stop(self) -> None: ...
 
 
-class ControlError(Exception):
-    """A client-side failure: the message is the whole line; status 2 when the daemon
-    refused bad input, else 1 (the exit status)."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """SO_PEERCRED: (pid, uid, gid) of the process that connected."""
-    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", data)
-    return pid, uid, gid
-
-
-def _send(conn: socket.socket, *messages: dict[str, Any]) -> None:
-    conn.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
-
-
 def _block_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 # --- the daemon's side ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _unix_address(path: Path) -> Iterator[str]:
-    """An address for bind/connect that names path. A path longer than sun_path is reached
-    through its directory, opened O_PATH, as /proc/self/fd/N/NAME (the kernel resolves it
-    as an ordinary path), so any runtime directory works."""
-    if len(os.fsencode(path)) <= SUN_PATH_MAX:
-        yield os.fspath(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 class ControlServer:
@@ -174,7 +99,7 @@ class ControlServer:
             self.path.unlink(missing_ok=True)
             old = os.umask(0o177)
             try:
-                with _unix_address(self.path) as address:
+                with unix_address(self.path) as address:
                     sock.bind(address)
             finally:
                 os.umask(old)
@@ -222,7 +147,7 @@ class ControlServer:
             return True
         log.warning("khofs: control: refused a connection from uid %d (pid %d): only uid %d "
                     "may use this daemon", uid, pid, os.getuid())
-        _send(conn, {"status": 1, "error": "Permission denied: not the daemon's user"})
+        send_messages(conn, {"status": 1, "error": "Permission denied: not the daemon's user"})
         _drain(conn)
         return False
 
@@ -247,15 +172,15 @@ class ControlServer:
         elif op == "log":
             self._log(conn, bool(req.get("follow")))
         else:
-            _send(conn, {"status": 1, "error": "bad control request"})
+            send_messages(conn, {"status": 1, "error": "bad control request"})
 
     def _kexec(self, conn: socket.socket, req: dict[str, Any]) -> None:
         request = parse_kexec(req)
         if request is None:
-            _send(conn, {"status": 1, "error": "bad kexec request"})
+            send_messages(conn, {"status": 1, "error": "bad kexec request"})
             return
         status, error = self.target.kexec(request)
-        _send(conn, {"status": status, "error": error} if status else {"status": 0})
+        send_messages(conn, {"status": status, "error": error} if status else {"status": 0})
         if status == 0 and request.execute and request.to is not None:
             # kexec'd into another process: the client waits for this connection to close,
             # which happens when the daemon has unmounted and exited.
@@ -265,25 +190,25 @@ class ControlServer:
     def _reboot(self, conn: socket.socket, req: dict[str, Any]) -> None:
         request = parse_reboot(req)
         if request is None:
-            _send(conn, {"status": 1, "error": "bad reboot request"})
+            send_messages(conn, {"status": 1, "error": "bad reboot request"})
             return
         done = self.target.reboot(request)
         if isinstance(done, Rebooted):
-            _send(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
+            send_messages(conn, {"status": 0, "boot": done.boot, "cmdline": done.cmdline,
                          "kho": done.kho, "kho_enabled": done.kho_enabled,
                          "scratch_logged": done.scratch_logged})
         else:
-            _send(conn, {"status": done[0], "error": done[1]})
+            send_messages(conn, {"status": done[0], "error": done[1]})
 
     def _log(self, conn: socket.socket, follow: bool) -> None:
         sent = 0
         while True:
             lines = self.target.log_lines(sent)
             if lines:
-                _send(conn, *({"line": ln} for ln in lines))
+                send_messages(conn, *({"line": ln} for ln in lines))
                 sent += len(lines)
             if not follow:
-                _send(conn, {"end": True})
+                send_messages(conn, {"end": True})
                 return
             if _peer_closed(conn):
                 return
@@ -346,161 +271,3 @@ def _peer_closed(conn: socket.socket) -> bool:
         return conn.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
-
-
-# --- the client's side ------------------------------------------------------------------
-#
-# Every wait for the daemon is bounded: a daemon that is stopped (SIGSTOP, Ctrl-Z) is seen at
-# once through /proc (its pid is the socket's peer), and one that does not answer at all is
-# given up on after REPLY_TIMEOUT; either is one line (ControlError).
-
-REPLY_TIMEOUT = 60.0
-POLL = 0.2
-
-
-def connect(path: Path, mountpoint: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with _unix_address(path) as address:
-            sock.connect(address)
-    except FileNotFoundError:
-        sock.close()
-        raise ControlError(f"{mountpoint}: its khofs daemon is gone (no control socket "
-                           f"{path})") from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise ControlError(f"{mountpoint}: its khofs daemon is gone (control socket {path}: "
-                           "Connection refused)") from None
-    except OSError as e:
-        sock.close()
-        raise ControlError(f"{mountpoint}: control socket {path}: {e.strerror or e}") from None
-    return sock
-
-
-def _request(sock: socket.socket, doc: dict[str, Any], mountpoint: str) -> None:
-    """Send a request; a daemon that refuses the peer closes without reading it, so a
-    broken pipe here is not the answer: the reply line that is waiting says why."""
-    try:
-        _send(sock, doc)
-    except BrokenPipeError:
-        pass
-    except OSError as e:
-        raise ControlError(f"{mountpoint}: control socket: {e.strerror or e}") from None
-
-
-class _Replies:
-    """The daemon's reply lines, read with bounded waits (a socket file object cannot take
-    a timeout and go on reading)."""
-
-    def __init__(self, sock: socket.socket, mountpoint: str) -> None:
-        self.sock = sock
-        self.mountpoint = mountpoint
-        self.pid = peer_credentials(sock)[0]  # the daemon: it listened on the socket
-        self.buf = b""
-        sock.settimeout(POLL)
-        self._check(None)  # a stopped daemon gets no request: it would run it when continued
-
-    def _recv(self, deadline: float | None) -> bytes:
-        while True:
-            try:
-                return self.sock.recv(65536)
-            except TimeoutError:
-                self._check(deadline)
-            except OSError as e:
-                raise ControlError(f"{self.mountpoint}: control socket: "
-                                   f"{e.strerror or e}") from None
-
-    def _check(self, deadline: float | None) -> None:
-        if is_stopped(self.pid):
-            raise ControlError(f"{self.mountpoint}: its khofs daemon (pid {self.pid}) is "
-                               f"stopped: continue it (kill -CONT {self.pid}) or `khofs umount "
-                               f"{self.mountpoint}`")
-        if deadline is not None and time.monotonic() > deadline:
-            raise ControlError(f"{self.mountpoint}: its khofs daemon (pid {self.pid}) did not "
-                               "answer: gave up waiting")
-
-    def line(self, timeout: float | None = REPLY_TIMEOUT) -> bytes:
-        """The next line, or b"" when the daemon closed the connection."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            chunk = self._recv(deadline)
-            if not chunk:
-                line, self.buf = self.buf, b""
-                return line
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
-
-    def messages(self, timeout: float | None = REPLY_TIMEOUT) -> Iterator[dict[str, Any]]:
-        """The replies, one JSON object per line, until the daemon closes the connection."""
-        while True:
-            line = self.line(timeout)
-            if not line:
-                return
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                raise ControlError(f"{self.mountpoint}: unreadable reply from the daemon"
-                                   ) from None
-            if not isinstance(msg, dict):
-                raise ControlError(f"{self.mountpoint}: unreadable reply from the daemon")
-            if msg.get("status"):
-                raise ControlError(str(msg.get("error", "failed")),
-                                   2 if msg["status"] == 2 else 1)
-            yield msg
-
-
-def kexec(path: Path, mountpoint: str, request: KexecRequest,
-          wait_unmounted: Callable[[], None]) -> None:
-    """Run a kexec request; ControlError with the daemon's one line when it fails. After a
-    kexec into another process, waits for the daemon to exit, then for the unmount."""
-    doc = {"op": "kexec", "load": request.load, "exec": request.execute,
-           "append": request.append, "command_line": request.command_line,
-           "image_size": request.image_size, "initrd_size": request.initrd_size,
-           "to": request.to, "abi": request.abi, "image_release": request.image_release}
-    with connect(path, mountpoint) as sock:
-        replies = _Replies(sock, mountpoint)
-        _request(sock, doc, mountpoint)
-        for _ in replies.messages():
-            if not (request.execute and request.to is not None):
-                return
-            try:  # the daemon closes the connection when it exits
-                while replies.line(STOP_TIMEOUT):
-                    pass
-            except ControlError:
-                raise ControlError(f"{mountpoint}: the daemon did not stop after handing "
-                                   "over") from None
-            wait_unmounted()
-            return
-    raise ControlError(f"{mountpoint}: the daemon stopped before answering")
-
-
-def reboot(path: Path, mountpoint: str, request: RebootRequest,
-           timeout: float = REBOOT_TIMEOUT) -> Rebooted:
-    """Cold-boot a new kernel in the mount. ControlError with the daemon's line when it
-    refuses (status 2: bad input, nothing changed)."""
-    doc = {"op": "reboot", "machine": request.machine, "cmdline": request.cmdline,
-           "producers": request.producers, "seed": request.seed, "abi": request.abi,
-           "plugins": list(request.plugins) if request.plugins is not None else None}
-    with connect(path, mountpoint) as sock:
-        replies = _Replies(sock, mountpoint)
-        _request(sock, doc, mountpoint)
-        for msg in replies.messages(timeout):
-            return Rebooted(int(msg.get("boot", 0)), str(msg.get("cmdline", "")),
-                            bool(msg.get("kho")), bool(msg.get("kho_enabled")),
-                            bool(msg.get("scratch_logged")))
-    raise ControlError(f"{mountpoint}: the daemon stopped before answering")
-
-
-def stream_log(path: Path, mountpoint: str, follow: bool, out: Callable[[str], None]) -> None:
-    """Pass each log line to out; returns at the end (or, following, when the daemon stops).
-    Following waits for new lines without a bound, but not on a stopped daemon."""
-    with connect(path, mountpoint) as sock:
-        replies = _Replies(sock, mountpoint)
-        _request(sock, {"op": "log", "follow": follow}, mountpoint)
-        for msg in replies.messages(None if follow else REPLY_TIMEOUT):
-            if msg.get("end"):
-                return
-            out(str(msg.get("line", "")))
-    if not follow:
-        raise ControlError(f"{mountpoint}: the daemon stopped before answering")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL = re.compile(rb"\\([0-7]{3})")
@@ -46,8 +46,7 @@ def unescape(field: bytes) -> str:
     return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field))
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One line: where it is mounted, what, and with which options."""
 
     mount_point: str

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from khofs.daemon import mountinfo
-from khofs.daemon.control import KexecRequest, Rebooted, RebootRequest
+from khofs.daemon.control_client import KexecRequest, Rebooted, RebootRequest
 from khofs.debugfs.inode import Debugfs
 from khofs.engine.driver import Initcall
 from khofs.engine.era import Profile, profile_of
@@ -134,7 +134,7 @@ class ServedSystem:
                 return 1, "this daemon cannot reboot its machine"
             options = merge_options(self.rebooter.options, request)
             try:
-                boot = self.rebooter.configure(replace(options, machine=request.machine))
+                boot = self.rebooter.configure(options._replace(machine=request.machine))
             except InputError as e:
                 return 2, str(e)
             with self.lock:

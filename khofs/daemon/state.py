@@ -18,7 +18,6 @@ which no readable name can start with ('H' is not a hex digit).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -115,6 +114,8 @@ def state_name(mountpoint: str | os.PathLike[str]) -> str:
 
 
 def _hashed(mountpoint: str | os.PathLike[str]) -> str:
+    import hashlib  # only for a name too long to read: every command resolves a state name
+
     return "%H" + hashlib.sha256(os.fsencode(resolve(mountpoint))).hexdigest()[:32]
 
 
