@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 
 from khofs.daemon import mountinfo
-from khofs.daemon.probe import TIMED_OUT, is_running, is_stopped, stat_errno
+from khofs.daemon.probe import TIMED_OUT, is_running, is_stopped, stat_errno, wait_exit
 from khofs.daemon.state import pid_path, read_pid_file, socket_path
 
 FSTYPE = "fuse.khofs"
@@ -63,7 +61,7 @@ def umount(mountpoint: str) -> Unmounted:
         if is_stopped(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        _wait_for_exit(pid)
+        wait_exit(pid, DAEMON_EXIT_TIMEOUT)
     pidfile.unlink(missing_ok=True)
     # a daemon that was killed left its control socket behind
     socket_path(mountpoint).unlink(missing_ok=True)
@@ -107,31 +105,12 @@ def abort_connection(dev: int) -> str:
 
 
 def _run(argv: list[str]) -> bool:
+    """argv ran and exited 0 within COMMAND_TIMEOUT (waited for on a pidfd: subprocess's
+    own timed wait polls, and would add up to its poll interval to every unmount)."""
     try:
-        return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              check=False, timeout=COMMAND_TIMEOUT).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _wait_for_exit(pid: int, timeout: float = DAEMON_EXIT_TIMEOUT) -> None:
-    """Until pid has exited (a zombie has), at most timeout. A pidfd turns readable the moment
-    the process exits (it is not our child, so no waitpid); where there is no pidfd (Linux
-    before 5.3), /proc is looked at every 20 ms."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
-        fd = -1
-    if fd >= 0:
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(timeout * 1000)
-        finally:
-            os.close(fd)
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and is_running(pid):
-        time.sleep(0.02)
+        return False
+    if not wait_exit(proc.pid, COMMAND_TIMEOUT):
+        proc.kill()
+    return proc.wait() == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 
@@ -27,17 +28,36 @@ def stat_errno(path: str, timeout: float = PROBE_TIMEOUT) -> int:
         except OSError as e:
             code = e.errno or 255
         os._exit(min(code, 255))
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else TIMED_OUT
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return TIMED_OUT
-        time.sleep(0.01)
+    if not wait_exit(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return TIMED_OUT
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else TIMED_OUT
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Until pid has exited (a zombie has), at most timeout: whether it has. A pidfd turns
+    readable the moment the process exits, a child or not, so no wait ends late; where there
+    is no pidfd (Linux before 5.3), /proc is looked at every 10 ms."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        deadline = time.monotonic() + timeout
+        while is_running(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
 
 
 def process_state(pid: int) -> str | None:
