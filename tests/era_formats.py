@@ -20,23 +20,6 @@ PAGE = 4096
 Q = struct.Struct("<Q")
 
 
-def read_file(k: Kernel, path: str) -> bytes:
-    """What `cat` gets from a debugfs file of this boot."""
-    d = k.debugfs.lookup(path)
-    assert d is not None and d.fops is not None, path
-    f = d.fops.open(d)
-    assert not isinstance(f, int)
-    out = f.read(1 << 24, 0)
-    assert isinstance(out, bytes)
-    return out
-
-
-def listing(k: Kernel, path: str) -> list[str]:
-    d = k.debugfs.lookup(path)
-    assert d is not None, path
-    return sorted(d.children)
-
-
 def mode(k: Kernel, path: str) -> int:
     d = k.debugfs.lookup(path)
     assert d is not None, path

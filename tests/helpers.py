@@ -205,10 +205,10 @@ def drivers_of(kernel: Kernel, kind: type[D]) -> list[D]:
 def read_blob(k: Kernel, path: str) -> bytes:
     """A debugfs file's bytes, read as one read(2) from offset 0."""
     d = k.debugfs.lookup(path)
-    assert d is not None and d.fops is not None
+    assert d is not None and d.fops is not None, path
     f = d.fops.open(d)
     assert not isinstance(f, int)
-    out = f.read(1 << 20, 0)
+    out = f.read(1 << 24, 0)
     assert isinstance(out, bytes)
     return out
 
@@ -216,7 +216,7 @@ def read_blob(k: Kernel, path: str) -> bytes:
 def children(k: Kernel, path: str) -> list[str]:
     """The names in a debugfs directory, sorted."""
     d = k.debugfs.lookup(path)
-    assert d is not None
+    assert d is not None, path
     return sorted(d.children)
 
 

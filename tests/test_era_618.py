@@ -23,13 +23,11 @@ from tests.era_formats import (
     decode_bitmaps,
     decode_kho_vmalloc,
     kho_test_oracle_vmalloc,
-    listing,
     mode,
-    read_file,
     sequential_root,
     texts,
 )
-from tests.helpers import LAPTOP, drivers_of
+from tests.helpers import LAPTOP, children, drivers_of, read_blob
 
 P618 = profile_of("6.18")
 REGION = "reserve_mem=64M:4096:n1"
@@ -50,11 +48,11 @@ def kho_test(k: Kernel) -> KhoTest:
 
 def test_the_tree_is_6_16s() -> None:
     k = boot()
-    assert listing(k, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
+    assert children(k, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
     assert mode(k, "/kho/out/finalize") == stat.S_IFREG | 0o600
     assert mode(k, "/kho/out/scratch_phys") == stat.S_IFREG | 0o400
-    assert read_file(k, "/kho/out/finalize") == b"0\n"
-    assert listing(k, "/kho/out/sub_fdts") == []
+    assert read_blob(k, "/kho/out/finalize") == b"0\n"
+    assert children(k, "/kho/out/sub_fdts") == []
     assert k.kho.finalize_set(0) == -errno.ENOENT
 
 
@@ -64,12 +62,12 @@ def test_finalize_builds_the_root_fdt_sequentially_and_serialises_page_bitmaps()
     (mb,) = drivers_of(k, MemblockKho)
     assert k.kho.finalize_set(1) == 0
     assert k.kho.finalize_set(1) == -errno.EEXIST
-    root = read_file(k, "/kho/out/fdt")
+    root = read_blob(k, "/kho/out/fdt")
     map_phys = k.kho.ser.preserved_mem_map[0]  # type: ignore[attr-defined]
     # notifier order: kho_test (device initcall) registered before memblock (late)
     assert root == sequential_root("kho-v1", map_phys, [("kho_test", t.fdt_phys),
                                                          ("memblock", mb.fdt_phys)])
-    assert listing(k, "/kho/out/sub_fdts") == ["kho_test", "memblock"]
+    assert children(k, "/kho/out/sub_fdts") == ["kho_test", "memblock"]
     # every bitmap is a page of its own; decoded with 4096-byte bitmaps the map is exactly
     # what is preserved
     for _chunk, order, elms in chunk_list(k.mem, map_phys):
@@ -87,7 +85,7 @@ def test_kho_test_hands_its_folios_info_over_as_a_vmalloc_area() -> None:
     assert k.kho.finalize_set(1) == 0
     assert t.folios_info is not None
     desc = t.folios_info_phys
-    assert read_file(k, "/kho/out/sub_fdts/kho_test") == \
+    assert read_blob(k, "/kho/out/sub_fdts/kho_test") == \
         kho_test_oracle_vmalloc(len(t.folios), desc, t.csum)
     chunks, pages, total, flags, order = decode_kho_vmalloc(k.mem, desc)
     nr = len(t.folios)
@@ -142,7 +140,7 @@ def test_kexec_within_6_18_restores_kho_test_and_revives_memblock() -> None:
     assert "KHO: found kexec handover data. Will skip init for some devices" in log
     assert "Revived memory reservation 'n1' from KHO" in log
     assert "test_kho: KHO restore succeeded" in log
-    assert listing(k, "/kho/in/sub_fdts") == ["kho_test", "memblock"]
+    assert children(k, "/kho/in/sub_fdts") == ["kho_test", "memblock"]
     assert kho_test(k).restored
 
 
@@ -201,10 +199,10 @@ def test_a_6_18_producer_file_entry_runs_at_finalize() -> None:
     k = Kernel(LAPTOP, "kho=on", boot_table([ProducerSpec("alpha", sub,
                                                           ((0x100000000, 0x3000),))]),
                profile=P618)
-    assert listing(k, "/kho/out/sub_fdts") == []
+    assert children(k, "/kho/out/sub_fdts") == []
     assert k.kho.finalize_set(1) == 0
-    assert listing(k, "/kho/out/sub_fdts") == ["alpha"]
-    assert read_file(k, "/kho/out/sub_fdts/alpha") == sub
+    assert children(k, "/kho/out/sub_fdts") == ["alpha"]
+    assert read_blob(k, "/kho/out/sub_fdts/alpha") == sub
     assert blocks_cover(k.kho.preserved_blocks(), 0x100002000)
 
 

@@ -26,13 +26,11 @@ from tests.era_formats import (
     edited_root,
     fdt_props_619,
     kho_test_oracle_vmalloc,
-    listing,
     mode,
-    read_file,
     sequential_root,
     texts,
 )
-from tests.helpers import LAPTOP, drivers_of
+from tests.helpers import LAPTOP, children, drivers_of, read_blob
 
 P619 = profile_of("6.19")
 CMDLINE = "kho=on reserve_mem=64M:4096:n1"
@@ -51,13 +49,13 @@ def kho(k: Kernel) -> KhoOutLive:
 
 def test_a_cold_boot_shows_the_root_fdt_frozen_at_152_bytes() -> None:
     k = boot("kho=on", ())
-    assert listing(k, "/kho/out") == ["fdt", "finalize", "scratch_len", "scratch_phys",
+    assert children(k, "/kho/out") == ["fdt", "finalize", "scratch_len", "scratch_phys",
                                       "sub_fdts"]
     assert mode(k, "/kho/out/fdt") == stat.S_IFREG | 0o400
     assert mode(k, "/kho/out/finalize") == stat.S_IFREG | 0o600
-    assert read_file(k, "/kho/out/fdt") == sequential_root("kho-v1", 0)
-    assert len(read_file(k, "/kho/out/fdt")) == 152
-    assert read_file(k, "/kho/out/finalize") == b"0\n"
+    assert read_blob(k, "/kho/out/fdt") == sequential_root("kho-v1", 0)
+    assert len(read_blob(k, "/kho/out/fdt")) == 152
+    assert read_blob(k, "/kho/out/finalize") == b"0\n"
     # the root page is preserved from kho_init on
     assert (kho(k).fdt_phys, 0) in k.kho.preserved_blocks()
 
@@ -66,16 +64,16 @@ def test_sub_trees_appear_at_registration_newest_node_first() -> None:
     k = boot()
     (t,) = drivers_of(k, KhoTest)
     (mb,) = drivers_of(k, MemblockKho)
-    assert listing(k, "/kho/out/sub_fdts") == ["kho_test", "memblock"]
+    assert children(k, "/kho/out/sub_fdts") == ["kho_test", "memblock"]
     root = k.mem.read(kho(k).fdt_phys, PAGE)
     want = edited_root("kho-v1", 0, [("kho_test", fdt_props_619(t.fdt_phys)),
                                      ("memblock", fdt_props_619(mb.fdt_phys))])
     assert root[:len(want)] == want and len(want) == 228
     # kho/out/fdt keeps its size from kho_init: a reader sees the first 152 bytes of a tree
     # whose header says 228
-    served = read_file(k, "/kho/out/fdt")
+    served = read_blob(k, "/kho/out/fdt")
     assert served == want[:152] and struct.unpack(">I", served[4:8])[0] == 228
-    assert read_file(k, "/kho/out/sub_fdts/kho_test") == kho_test_oracle_vmalloc(
+    assert read_blob(k, "/kho/out/sub_fdts/kho_test") == kho_test_oracle_vmalloc(
         len(t.folios), t.folios_info_phys, t.csum)
 
 
@@ -83,7 +81,7 @@ def test_finalize_serialises_on_every_write_and_zero_is_einval() -> None:
     k = boot()
     out = kho(k)
     assert out.finalize_set(0) == -errno.EINVAL
-    assert out.finalize_set(1) == 0 and read_file(k, "/kho/out/finalize") == b"1\n"
+    assert out.finalize_set(1) == 0 and read_blob(k, "/kho/out/finalize") == b"1\n"
     first = out.chunks[0]
     root = k.mem.read(out.fdt_phys, PAGE)
     assert struct.pack("<Q", first) in root[:228]
@@ -93,7 +91,7 @@ def test_finalize_serialises_on_every_write_and_zero_is_einval() -> None:
     assert out.finalize_set(7) == 0
     again = out.chunks[0]
     assert (0x100000000, 0) in decode_bitmaps(k.mem, again, 4096)
-    assert listing(k, "/kho/out") == ["fdt", "finalize", "scratch_len", "scratch_phys",
+    assert children(k, "/kho/out") == ["fdt", "finalize", "scratch_len", "scratch_phys",
                                       "sub_fdts"]
 
 
@@ -104,7 +102,7 @@ def test_kho_add_subtree_errors() -> None:
     assert out.add_subtree("alpha", 0x100001000) == -errno.EEXIST
     assert out.add_subtree("beta@1", 0x100001000) == 0
     assert out.add_subtree("beta", 0x100002000) == -errno.EEXIST  # libfdt: beta@1 is beta
-    assert listing(k, "/kho/out/sub_fdts") == ["alpha", "beta@1"]
+    assert children(k, "/kho/out/sub_fdts") == ["alpha", "beta@1"]
 
 
 def test_kho_test_preserves_everything_at_init() -> None:
@@ -121,11 +119,11 @@ def test_kho_test_preserves_everything_at_init() -> None:
 
 def test_a_config_producer_registers_at_boot() -> None:
     k = boot("kho=on", (ProducerSpec("alpha", SUB, ((0x100000000, 0x2000),)),))
-    assert read_file(k, "/kho/out/sub_fdts/alpha") == SUB
+    assert read_blob(k, "/kho/out/sub_fdts/alpha") == SUB
     assert (0x100000000, 1) in k.kho.preserved_blocks()
     k = boot("kho=on", (ProducerSpec("alpha", SUB, fail_finalize=errno.EBUSY),))
     assert "khofs: producer alpha: init failed: -16" in texts(k)
-    assert listing(k, "/kho/out/sub_fdts") == []
+    assert children(k, "/kho/out/sub_fdts") == []
 
 
 def system(cmdline: str = CMDLINE) -> System:
@@ -141,9 +139,9 @@ def test_kexec_within_6_19() -> None:
     assert "KHO: found kexec handover data." in log
     assert "Revived memory reservation 'n1' from KHO" in log
     assert "test_kho: KHO restore succeeded" in log
-    assert listing(k, "/kho") == ["in", "out"]
-    assert listing(k, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
-    assert listing(k, "/kho/in/sub_fdts") == ["kho_test", "memblock"]
+    assert children(k, "/kho") == ["in", "out"]
+    assert children(k, "/kho/out") == ["finalize", "scratch_len", "scratch_phys", "sub_fdts"]
+    assert children(k, "/kho/in/sub_fdts") == ["kho_test", "memblock"]
 
 
 def test_kexec_without_finalize_is_refused_for_its_empty_map() -> None:
@@ -155,7 +153,7 @@ def test_kexec_without_finalize_is_refused_for_its_empty_map() -> None:
     log = texts(s.kernel)
     assert "KHO: disabling KHO revival: -2" in log
     assert not any(x.startswith("KHO: found") for x in log)
-    assert s.kernel.kho_in is None and listing(s.kernel, "/kho") == ["out"]
+    assert s.kernel.kho_in is None and children(s.kernel, "/kho") == ["out"]
 
 
 def test_kho_in_warnings_use_the_6_19_texts() -> None:

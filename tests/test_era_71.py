@@ -21,13 +21,11 @@ from tests.era_formats import (
     blob_props_71,
     decode_radix,
     edited_root,
-    listing,
     metadata_blob,
     radix_key_path,
-    read_file,
     texts,
 )
-from tests.helpers import LAPTOP, drivers_of
+from tests.helpers import LAPTOP, children, drivers_of, read_blob
 
 CMDLINE = "kho=on reserve_mem=64M:4096:n1"
 
@@ -45,12 +43,12 @@ def kho(k: Kernel) -> KhoOutRadix:
 def test_the_tree_has_no_finalize_and_a_233_byte_root() -> None:
     k = boot(cmdline="kho=on", drivers=())
     out = kho(k)
-    assert listing(k, "/kho/out") == ["fdt", "scratch_len", "scratch_phys", "sub_fdts"]
-    md = read_file(k, "/kho/out/sub_fdts/kexec-metadata")
+    assert children(k, "/kho/out") == ["fdt", "scratch_len", "scratch_phys", "sub_fdts"]
+    md = read_blob(k, "/kho/out/sub_fdts/kexec-metadata")
     assert md == metadata_blob("7.1.0", 1) and len(md) == 73
     want = edited_root("kho-v3", out.tree.root,
                        [("kexec-metadata", blob_props_71(out.metadata_phys, 73))])
-    assert read_file(k, "/kho/out/fdt") == want and len(want) == 233
+    assert read_blob(k, "/kho/out/fdt") == want and len(want) == 233
 
 
 def test_every_sub_tree_lists_blob_size_first_and_nodes_newest_first() -> None:
@@ -58,14 +56,14 @@ def test_every_sub_tree_lists_blob_size_first_and_nodes_newest_first() -> None:
     out = kho(k)
     (t,) = drivers_of(k, KhoTest)
     (mb,) = drivers_of(k, MemblockKho)
-    t_size = len(read_file(k, "/kho/out/sub_fdts/kho_test"))
-    mb_size = len(read_file(k, "/kho/out/sub_fdts/memblock"))
+    t_size = len(read_blob(k, "/kho/out/sub_fdts/kho_test"))
+    mb_size = len(read_blob(k, "/kho/out/sub_fdts/memblock"))
     want = edited_root("kho-v3", out.tree.root, [
         ("kexec-metadata", blob_props_71(out.metadata_phys, 73)),
         ("kho_test", blob_props_71(t.fdt_phys, t_size)),
         ("memblock", blob_props_71(mb.fdt_phys, mb_size))])
     assert k.mem.read(out.fdt_phys, len(want)) == want and len(want) == 353
-    assert len(read_file(k, "/kho/out/fdt")) == 233  # still the size at kho_init
+    assert len(read_blob(k, "/kho/out/fdt")) == 233  # still the size at kho_init
 
 
 def test_the_radix_tree_decodes_to_what_is_preserved() -> None:
@@ -98,11 +96,11 @@ def test_kexec_within_7_1_and_kexec_metadata_counts() -> None:
     assert "KHO: exec from: 7.1.0 (count 1)" in log
     assert "Revived memory reservation 'n1' from KHO" in log
     assert "test_kho: KHO restore succeeded" in log
-    assert listing(s.kernel, "/kho/in/sub_fdts") == ["kexec-metadata", "kho_test", "memblock"]
-    assert read_file(s.kernel, "/kho/in/sub_fdts/kexec-metadata") == metadata_blob("7.1.0", 1)
-    assert read_file(s.kernel, "/kho/out/sub_fdts/kexec-metadata") == \
+    assert children(s.kernel, "/kho/in/sub_fdts") == ["kexec-metadata", "kho_test", "memblock"]
+    assert read_blob(s.kernel, "/kho/in/sub_fdts/kexec-metadata") == metadata_blob("7.1.0", 1)
+    assert read_blob(s.kernel, "/kho/out/sub_fdts/kexec-metadata") == \
         metadata_blob("7.1.0", 2)
-    assert listing(s.kernel, "/kho/out") == ["scratch_len", "scratch_phys", "sub_fdts"]
+    assert children(s.kernel, "/kho/out") == ["scratch_len", "scratch_phys", "sub_fdts"]
     assert s.kexec_load(profile=profile_of("7.1.2-custom")) == (0, "")
     assert s.kexec_execute() == (0, "")
     assert "KHO: exec from: 7.1.0 (count 2)" in texts(s.kernel)
@@ -123,7 +121,7 @@ def test_7_1_and_7_2_on_refuse_each_other(frm: str, to: str, compatible: str) ->
             in log)
     assert log[log.index(next(x for x in log if "incompatible" in x)) + 1] == \
         "KHO: disabling KHO revival"
-    assert s.kernel.kho_in is None and listing(s.kernel, "/kho") == ["out"]
+    assert s.kernel.kho_in is None and children(s.kernel, "/kho") == ["out"]
 
 
 def test_7_2_and_7_4_agree() -> None:
@@ -138,9 +136,9 @@ def test_a_producer_may_hand_any_bytes_over() -> None:
     blob = bytes(range(256)) * 3 + b"tail"
     s = System(LAPTOP, "kho=on", boot_table([ProducerSpec("raw", b"", blob=blob)]),
                profile=profile_of("7.1"))
-    assert read_file(s.kernel, "/kho/out/sub_fdts/raw") == blob
+    assert read_blob(s.kernel, "/kho/out/sub_fdts/raw") == blob
     assert s.kexec_load() == (0, "") and s.kexec_execute() == (0, "")
-    assert read_file(s.kernel, "/kho/in/sub_fdts/raw") == blob
+    assert read_blob(s.kernel, "/kho/in/sub_fdts/raw") == blob
 
 
 def test_a_node_without_blob_size_is_skipped_and_breaks_retrieval() -> None:
@@ -156,7 +154,7 @@ def test_a_node_without_blob_size_is_skipped_and_breaks_retrieval() -> None:
     assert ("KHO: broken KHO subnode 'memblock': missing or invalid blob-size property"
             in log)
     assert "failed to retrieve FDT 'memblock' from KHO: -22" in log
-    assert listing(s.kernel, "/kho/in/sub_fdts") == ["kexec-metadata", "kho_test"]
+    assert children(s.kernel, "/kho/in/sub_fdts") == ["kexec-metadata", "kho_test"]
 
 
 def test_plugins_cannot_register_callbacks() -> None:
@@ -173,15 +171,15 @@ def test_plugins_cannot_register_callbacks() -> None:
     assert results == [-errno.EOPNOTSUPP, 0]
     assert ("khofs: plugin p.py:plugin: on_finalize: a 7.1 kernel has no KHO notifiers (gone "
             "from 6.19): preserve and add_subtree in the plugin function") in texts(k)
-    assert read_file(k, "/kho/out/sub_fdts/p") == b"not an fdt"
+    assert read_blob(k, "/kho/out/sub_fdts/p") == b"not an fdt"
 
 
 def test_7_4_calls_scratch_bootmem() -> None:
     k = boot("7.4", "kho=on kho_bootmem=64M,128M,32M kho_scratch=1G,1G,1G")
-    assert listing(k, "/kho/out") == ["bootmem_len", "bootmem_phys", "fdt", "sub_fdts"]
-    assert read_file(k, "/kho/out/bootmem_len") == b"0x4000000\n0x8000000\n0x2000000\n"
+    assert children(k, "/kho/out") == ["bootmem_len", "bootmem_phys", "fdt", "sub_fdts"]
+    assert read_blob(k, "/kho/out/bootmem_len") == b"0x4000000\n0x8000000\n0x2000000\n"
     assert "KHO: scratch areas: lowmem: 64MiB global: 128MiB pernode: 32MiB" in texts(k)
-    md = read_file(k, "/kho/out/sub_fdts/kexec-metadata")
+    md = read_blob(k, "/kho/out/sub_fdts/kexec-metadata")
     assert md == metadata_blob("7.4.0", 1)
 
 
